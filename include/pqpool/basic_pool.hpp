@@ -1,0 +1,178 @@
+#pragma once
+
+/// \file
+/// `pqpool::basic_pool`: the pool, one parameter per category. Users name it
+/// through `pqpool::pool<…>`, which takes the policies in any order.
+
+#include <pqpool/connection_info.hpp>
+#include <pqpool/connector/concept.hpp>
+#include <pqpool/detail/core.hpp>
+#include <pqpool/detail/select.hpp>
+#include <pqpool/error.hpp>
+#include <pqpool/lease.hpp>
+#include <pqpool/stats.hpp>
+
+#include <chrono>
+#include <concepts>
+#include <optional>
+#include <type_traits>
+#include <utility>
+
+namespace pqpool {
+
+namespace detail {
+
+template <class T, class P>
+const T* if_same(const P& p) noexcept {
+    if constexpr (std::is_same_v<T, P>)
+        return &p;
+    else
+        return nullptr;
+}
+
+// The policy object of type T among the constructor's arguments, or T{}.
+template <class T, class... Ps>
+T policy_argument(const Ps&... ps) {
+    constexpr std::size_t n = (std::size_t{std::is_same_v<T, Ps>} + ... + 0);
+    static_assert(n <= 1, "pqpool::pool: the same policy object is passed twice to the constructor");
+    if constexpr (n == 0) {
+        return T{};
+    } else {
+        const T* found = nullptr;
+        ((found = found ? found : if_same<T>(ps)), ...);
+        return *found;
+    }
+}
+
+template <class P>
+void check_policy(const P& p) {
+    if constexpr (requires { p.check(); }) p.check();
+}
+
+} // namespace detail
+
+/// A pool of connections whose behaviour is fixed at compile time by one
+/// policy per category:
+///
+/// | parameter       | concept                | default                          |
+/// |-----------------|------------------------|----------------------------------|
+/// | `Connector`     | `connector`            | `libpq_connector`                |
+/// | `Validation`    | `validation_policy`    | `validation::ping_if_idle` (1 s) |
+/// | `Recycling`     | `recycling_policy`     | `recycling::limits` (30 min − up to 1 min, rollback on return) |
+/// | `Overflow`      | `overflow_policy`      | `overflow::bounded` (5 + 10, 30 s) |
+/// | `Retry`         | `retry_policy`         | `retry::exponential_backoff` (5 attempts, 100 ms … 3 s) |
+/// | `ForkSafety`    | `fork_safety_policy`   | `fork_safety::detect`            |
+/// | `Concurrency`   | `concurrency_policy`   | `concurrency::mutex`             |
+/// | `Observability` | `observability_policy` | `observability::none`            |
+///
+/// The pool has no virtual function and calls its policies directly; a
+/// policy without numbers takes no space. Connections are opened on demand,
+/// never while the pool's lock is held.
+///
+/// Destroying the pool closes its idle connections and wakes every waiter
+/// with `closed_error`; leases still out stay valid and their connections are
+/// closed when they are returned (the pool's internals live until the last
+/// lease is back). Destroying it while another thread is *entering* a member
+/// function is, as for any object, undefined.
+template <class Connector, class Validation, class Recycling, class Overflow, class Retry, class ForkSafety,
+          class Concurrency, class Observability>
+class basic_pool {
+    using core_type = detail::pool_core<Connector, Validation, Recycling, Overflow, Retry, ForkSafety, Concurrency,
+                                        Observability>;
+
+public:
+    using connector_type = Connector;
+    using validation_policy_type = Validation;
+    using recycling_policy_type = Recycling;
+    using overflow_policy_type = Overflow;
+    using retry_policy_type = Retry;
+    using fork_safety_policy_type = ForkSafety;
+    using concurrency_policy_type = Concurrency;
+    using observability_policy_type = Observability;
+    using handle = typename Connector::handle;
+    using clock = typename Connector::clock;
+    using lease = pqpool::lease<core_type>;
+
+    /// Takes the connector (or what constructs it, e.g. a conninfo string)
+    /// and then policy objects, in any order; a policy not passed is
+    /// default-constructed.
+    /// Throws `config_error` when a policy's numbers are out of range, or
+    /// whatever the connector's constructor throws for bad input.
+    template <class ConnectorArg, class... Policies>
+        requires std::constructible_from<Connector, ConnectorArg&&>
+    explicit basic_pool(ConnectorArg&& connector, const Policies&... policies)
+        : core_(make_core(Connector(std::forward<ConnectorArg>(connector)), policies...)) {}
+
+    basic_pool(const basic_pool&) = delete;
+    basic_pool& operator=(const basic_pool&) = delete;
+    basic_pool(basic_pool&& other) noexcept : core_(std::exchange(other.core_, nullptr)) {}
+    basic_pool& operator=(basic_pool&& other) noexcept {
+        if (this != &other) {
+            if (core_) core_->shutdown();
+            core_ = std::exchange(other.core_, nullptr);
+        }
+        return *this;
+    }
+    ~basic_pool() {
+        if (core_) core_->shutdown();
+    }
+
+    /// Borrows a connection, waiting up to the overflow policy's timeout.
+    /// Throws `timeout_error`, `exhausted_error` (when the policy forbids
+    /// waiting), `connect_error` (when opening one failed after retries) or
+    /// `closed_error`.
+    /// Complexity: with null policies, one lock and a vector pop.
+    lease acquire() { return core_->acquire(core_->overflow().timeout()); }
+
+    /// As `acquire()`, waiting at most `timeout` (zero: never wait).
+    lease acquire_for(std::chrono::milliseconds timeout) { return core_->acquire(timeout); }
+
+    /// Borrows a connection without waiting for another caller to return one:
+    /// takes an idle one, or opens one when the overflow policy allows, else
+    /// gives no value. Opening is still I/O, bounded by the connector's
+    /// connect timeout. Throws `connect_error` or `closed_error`.
+    std::optional<lease> try_acquire() { return core_->try_acquire(); }
+
+    /// Closes the idle connections, wakes waiters with `closed_error`, and
+    /// makes later acquires throw it. Leases out stay valid; their connections
+    /// are closed on return. Idempotent.
+    void close() noexcept { core_->close(); }
+
+    /// A consistent snapshot of the pool's counts.
+    pool_stats stats() const { return core_->stats(); }
+
+    /// The observability policy object (e.g. `observability::counters`).
+    const Observability& observer() const noexcept { return core_->observer(); }
+    /// The connector.
+    const Connector& connector() const noexcept { return core_->connector(); }
+
+private:
+    template <class... Policies>
+    static core_type* make_core(Connector&& c, const Policies&... policies) {
+        static_assert(((std::is_same_v<Policies, Validation> || std::is_same_v<Policies, Recycling> ||
+                        std::is_same_v<Policies, Overflow> || std::is_same_v<Policies, Retry> ||
+                        std::is_same_v<Policies, ForkSafety> || std::is_same_v<Policies, Concurrency> ||
+                        std::is_same_v<Policies, Observability>) &&
+                       ...),
+                      "pqpool::pool: a constructor argument is not one of this pool's policies (pass objects of "
+                      "the policy types named in pool<...>, or of the defaults of the categories not named)");
+        auto v = detail::policy_argument<Validation>(policies...);
+        auto r = detail::policy_argument<Recycling>(policies...);
+        auto o = detail::policy_argument<Overflow>(policies...);
+        auto rt = detail::policy_argument<Retry>(policies...);
+        auto f = detail::policy_argument<ForkSafety>(policies...);
+        auto ob = detail::policy_argument<Observability>(policies...);
+        (void)detail::policy_argument<Concurrency>(policies...);
+        detail::check_policy(v);
+        detail::check_policy(r);
+        detail::check_policy(o);
+        detail::check_policy(rt);
+        detail::check_policy(f);
+        return new core_type(std::move(c), std::move(v), std::move(r), std::move(o), std::move(rt), std::move(f),
+                             std::move(ob));
+    }
+
+    core_type* core_;
+};
+
+} // namespace pqpool

@@ -1,0 +1,447 @@
+#pragma once
+
+// The pool's state and algorithms. basic_pool is a handle to one heap-allocated
+// pool_core so that leases may outlive the pool: the core deletes itself when
+// the pool is gone and the last lease, waiter or connect has left it. That
+// costs nothing on the hot path: it reuses the counts stats() needs anyway.
+
+#include <pqpool/connection_info.hpp>
+#include <pqpool/error.hpp>
+#include <pqpool/lease.hpp>
+#include <pqpool/policies/observability.hpp>
+#include <pqpool/stats.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace pqpool::detail {
+
+template <class Clock, class Duration>
+void sleep_for(Duration d) {
+    if constexpr (requires { Clock::sleep_for(d); })
+        Clock::sleep_for(d); // a manual clock in unit tests advances instead of sleeping
+    else
+        std::this_thread::sleep_for(d);
+}
+
+template <class TimePoint, class Duration>
+TimePoint saturating_add(TimePoint t, Duration d) noexcept {
+    using dur = typename TimePoint::duration;
+    if (d.count() <= 0) return t;
+    if (std::chrono::duration_cast<dur>(d) >= TimePoint::max() - t) return TimePoint::max();
+    return t + std::chrono::duration_cast<dur>(d);
+}
+
+inline std::string describe(const pool_stats& s) {
+    return "size " + std::to_string(s.size) + " (" + std::to_string(s.in_use) + " in use, " +
+           std::to_string(s.idle) + " idle, " + std::to_string(s.opening) + " opening), " +
+           std::to_string(s.waiting) + " waiting";
+}
+
+template <class Connector, class Validation, class Recycling, class Overflow, class Retry, class ForkSafety,
+          class Concurrency, class Observability>
+class pool_core {
+public:
+    using clock = typename Connector::clock;
+    using time_point = typename clock::time_point;
+    using handle = typename Connector::handle;
+    using info = connection_info<handle, time_point>;
+    using lease_type = pqpool::lease<pool_core>;
+    static constexpr bool fork_detects = ForkSafety::detects;
+
+    pool_core(Connector c, Validation v, Recycling r, Overflow o, Retry rt, ForkSafety f, Observability ob)
+        : connector_(std::move(c)),
+          validation_(std::move(v)),
+          recycling_(std::move(r)),
+          overflow_(std::move(o)),
+          retry_(std::move(rt)),
+          fork_(std::move(f)),
+          observer_(std::move(ob)),
+          generation_(fork_.generation()) {
+        idle_.reserve(std::min<std::size_t>(overflow_.keep_idle(), 1024));
+    }
+
+    const Overflow& overflow() const noexcept { return overflow_; }
+    const Observability& observer() const noexcept { return observer_; }
+    const Connector& connector() const noexcept { return connector_; }
+
+    lease_type acquire(std::chrono::milliseconds timeout) {
+        check_fork();
+        std::optional<time_point> deadline; // read the clock only if we must wait or connect
+        const auto get_deadline = [&] {
+            if (!deadline) deadline = saturating_add(clock::now(), timeout);
+            return *deadline;
+        };
+        for (;;) {
+            grant g = take<true>(timeout, get_deadline);
+            if (g.kind == grant::connection) {
+                if (auto l = hand_out(g.conn)) return std::move(*l);
+                continue;
+            }
+            return open_reserved(timeout.count() > 0 ? get_deadline() : time_point::max());
+        }
+    }
+
+    std::optional<lease_type> try_acquire() {
+        check_fork();
+        const auto no_deadline = [] { return time_point::max(); };
+        for (;;) {
+            grant g = take<false>(std::chrono::milliseconds{0}, no_deadline);
+            if (g.kind == grant::nothing) return std::nullopt;
+            if (g.kind == grant::connection) {
+                if (auto l = hand_out(g.conn)) return l;
+                continue;
+            }
+            return open_reserved(time_point::max());
+        }
+    }
+
+    // Called by a lease. Cleaning (recycling, maybe a ROLLBACK) and closing
+    // happen outside the lock; a connection is counted until it is closed, so
+    // the pool never has more open than its overflow policy allows.
+    void release(info& c, bool broken) noexcept {
+        if constexpr (fork_detects) {
+            if (!current(c)) [[unlikely]] {
+                release_inherited(c);
+                return;
+            }
+        }
+        const time_point now = timed ? clock::now() : time_point{};
+        const bool keep = !broken && recycling_.keep_on_release(connector_, c, now);
+        if constexpr (timed) c.last_used = now;
+        {
+            std::unique_lock lock(mutex_);
+            if (keep && !closed_) {
+                if (waiter* w = head_) {
+                    unlink(w); // the connection passes to the waiter; in_use_ is unchanged
+                    w->conn = c;
+                    w->state = waiter::got_connection;
+                    w->cv.notify_one();
+                    return;
+                }
+                if (idle_.size() < overflow_.keep_idle() && push_idle(c)) {
+                    --in_use_;
+                    return;
+                }
+            }
+        }
+        observer_.on_event(keep ? event::trimmed : event::retired);
+        connector_.close(c.handle);
+        std::unique_lock lock(mutex_);
+        --in_use_;
+        pass_permit();
+        leave(lock);
+    }
+
+    void close() noexcept {
+        check_fork();
+        std::vector<info> idle;
+        {
+            std::lock_guard lock(mutex_);
+            if (closed_) return;
+            closed_ = true;
+            idle.swap(idle_);
+            // Each waiter leaves on its own (decrementing waiting_), after it wakes.
+            while (waiter* w = head_) {
+                unlink(w);
+                w->state = waiter::closed;
+                w->cv.notify_one();
+            }
+        }
+        for (info& c : idle) connector_.close(c.handle);
+    }
+
+    // The pool object is gone; the core lives on while anyone is inside it.
+    void shutdown() noexcept {
+        close();
+        std::unique_lock lock(mutex_);
+        orphaned_ = true;
+        leave(lock);
+    }
+
+    pool_stats stats() const {
+        const_cast<pool_core*>(this)->check_fork();
+        std::lock_guard lock(mutex_);
+        return snapshot();
+    }
+
+    // Is this connection from this process (not inherited across fork)?
+    bool current(const info& c) const noexcept {
+        if constexpr (fork_detects)
+            return c.generation == fork_.generation();
+        else
+            return true;
+    }
+
+private:
+    static constexpr bool timed = Validation::uses_clock || Recycling::uses_clock;
+
+    struct waiter {
+        enum state_t : unsigned char { waiting, got_connection, got_permit, closed };
+        typename Concurrency::condition_type cv;
+        state_t state = waiting;
+        info conn{};
+        waiter* prev = nullptr;
+        waiter* next = nullptr;
+    };
+
+    struct grant {
+        enum kind_t : unsigned char { nothing, connection, permit } kind = nothing;
+        info conn{};
+    };
+
+    // Under the lock: an idle connection, a permit to open one, or a wait in
+    // line. First come, first served: while anyone waits, a newcomer queues
+    // too (waiters exist only when nothing is idle and no slot is free).
+    template <bool MayWait, class GetDeadline>
+    grant take(std::chrono::milliseconds timeout, const GetDeadline& get_deadline) {
+        std::unique_lock lock(mutex_);
+        if (closed_) throw closed_error("pqpool: the pool is closed");
+        if (head_ == nullptr) {
+            if (!idle_.empty()) {
+                grant g{grant::connection, idle_.back()};
+                idle_.pop_back();
+                ++in_use_;
+                return g;
+            }
+            if (size() < overflow_.max_size()) {
+                ++opening_;
+                return grant{grant::permit, {}};
+            }
+        }
+        if constexpr (!MayWait) {
+            return grant{};
+        } else {
+            if constexpr (!Concurrency::can_wait) {
+                throw_exhausted(lock, "a single_thread pool never waits");
+            } else {
+                if (timeout.count() <= 0) throw_exhausted(lock, "the overflow policy does not wait");
+                if (waiting_ >= overflow_.max_waiters()) throw_exhausted(lock, "the waiter queue is full");
+                const time_point deadline = get_deadline();
+                waiter w;
+                enqueue(&w);
+                ++waiting_;
+                while (w.state == waiter::waiting) {
+                    if (w.cv.wait_until(lock, deadline) == std::cv_status::timeout && w.state == waiter::waiting) {
+                        unlink(&w);
+                        const pool_stats s = snapshot();
+                        --waiting_;
+                        observer_.on_event(event::timeout);
+                        leave(lock);
+                        throw timeout_error("pqpool: acquire timed out after " + std::to_string(timeout.count()) +
+                                                " ms: " + describe(s),
+                                            s);
+                    }
+                }
+                --waiting_;
+                switch (w.state) {
+                case waiter::got_connection: return grant{grant::connection, w.conn};
+                case waiter::got_permit: return grant{grant::permit, {}};
+                default: leave(lock); throw closed_error("pqpool: the pool was closed while waiting");
+                }
+            }
+        }
+    }
+
+    [[noreturn]] void throw_exhausted(std::unique_lock<typename Concurrency::mutex_type>& lock, const char* why) {
+        const pool_stats s = snapshot();
+        lock.unlock();
+        observer_.on_event(event::exhausted);
+        throw exhausted_error(std::string("pqpool: no connection available without waiting (") + why +
+                                  "): " + describe(s),
+                              s);
+    }
+
+    // An idle connection the caller now holds (counted in_use_): checked by
+    // recycling and validation, or closed (and no lease given).
+    std::optional<lease_type> hand_out(info& c) {
+        const time_point now = timed ? clock::now() : time_point{};
+        if (recycling_.keep_on_acquire(c, now)) [[likely]] {
+            if (validation_.validate(connector_, c, now)) [[likely]] {
+                ++c.uses;
+                return lease_type(this, c);
+            }
+            observer_.on_event(event::validation_failed);
+        } else {
+            observer_.on_event(event::retired);
+        }
+        connector_.close(c.handle);
+        std::unique_lock lock(mutex_);
+        --in_use_;
+        pass_permit();
+        leave(lock);
+        return std::nullopt;
+    }
+
+    // The caller holds a permit (counted in opening_): open a connection.
+    lease_type open_reserved(time_point deadline) {
+        info c;
+        try {
+            c = open(deadline);
+        } catch (...) {
+            std::unique_lock lock(mutex_);
+            --opening_;
+            pass_permit();
+            leave(lock);
+            throw;
+        }
+        {
+            std::unique_lock lock(mutex_);
+            if (!closed_) {
+                --opening_;
+                ++in_use_;
+                return lease_type(this, c);
+            }
+        }
+        connector_.close(c.handle); // still counted in opening_, so the core stays alive meanwhile
+        std::unique_lock lock(mutex_);
+        --opening_;
+        leave(lock);
+        throw closed_error("pqpool: the pool was closed while connecting");
+    }
+
+    info open(time_point deadline) {
+        for (unsigned failures = 0;;) {
+            try {
+                info c;
+                c.handle = connector_.connect(deadline);
+                c.generation = fork_.generation();
+                c.uses = 1;
+                if constexpr (timed) c.born = c.last_used = clock::now();
+                recycling_.on_open(c, c.born);
+                observer_.on_event(event::connected);
+                return c;
+            } catch (const connect_error& e) {
+                observer_.on_event(event::connect_failed);
+                if (!e.transient()) throw;
+                const auto delay = retry_.next_delay(++failures);
+                if (!delay) throw;
+                if (saturating_add(clock::now(), *delay) >= deadline) throw;
+                observer_.on_event(event::retry);
+                sleep_for<clock>(*delay);
+            }
+        }
+    }
+
+    bool push_idle(const info& c) noexcept {
+        try {
+            idle_.push_back(c);
+            return true;
+        } catch (...) { // out of memory: close it rather than lose it
+            return false;
+        }
+    }
+
+    // A slot was freed: let the first waiter open a connection in it.
+    void pass_permit() noexcept {
+        if (closed_) return;
+        if (waiter* w = head_; w && size() < overflow_.max_size()) {
+            unlink(w);
+            ++opening_;
+            w->state = waiter::got_permit;
+            w->cv.notify_one();
+        }
+    }
+
+    // After a count went down: if the pool object is gone and nobody is left
+    // inside, delete the core. Returns true when it did (the lock is then
+    // released and nothing of *this may be touched).
+    bool leave(std::unique_lock<typename Concurrency::mutex_type>& lock) noexcept {
+        if (!orphaned_ || in_use_ + opening_ + waiting_ + inherited_ != 0) return false;
+        lock.unlock();
+        lock.release();
+        delete this;
+        return true;
+    }
+
+    void check_fork() noexcept {
+        if constexpr (fork_detects) {
+            if (fork_.generation() != generation_.load(std::memory_order_relaxed)) [[unlikely]] {
+                std::lock_guard lock(mutex_);
+                after_fork();
+            }
+        }
+    }
+
+    // In a child process: abandon (no I/O) every inherited idle connection and
+    // start afresh. Leases taken before the fork are no longer counted; the
+    // threads that waited or connected do not exist here.
+    void after_fork() noexcept {
+        const std::uint64_t now_gen = fork_.generation();
+        if (generation_.load(std::memory_order_relaxed) == now_gen) return;
+        for (info& c : idle_) connector_.abandon(c.handle);
+        idle_.clear();
+        inherited_ += in_use_;
+        in_use_ = 0;
+        opening_ = 0;
+        waiting_ = 0;
+        head_ = tail_ = nullptr;
+        generation_.store(now_gen, std::memory_order_relaxed);
+        observer_.on_event(event::fork_detected);
+    }
+
+    void release_inherited(info& c) noexcept {
+        connector_.abandon(c.handle);
+        std::unique_lock lock(mutex_);
+        after_fork();
+        if (inherited_ > 0) --inherited_;
+        leave(lock);
+    }
+
+    std::size_t size() const noexcept { return idle_.size() + in_use_ + opening_; }
+
+    pool_stats snapshot() const noexcept {
+        pool_stats s;
+        s.idle = idle_.size();
+        s.in_use = in_use_;
+        s.opening = opening_;
+        s.size = s.idle + s.in_use + s.opening;
+        s.overflow = s.size > overflow_.keep_idle() ? s.size - overflow_.keep_idle() : 0;
+        s.waiting = waiting_;
+        return s;
+    }
+
+    void enqueue(waiter* w) noexcept {
+        w->prev = tail_;
+        w->next = nullptr;
+        (tail_ ? tail_->next : head_) = w;
+        tail_ = w;
+    }
+
+    void unlink(waiter* w) noexcept {
+        (w->prev ? w->prev->next : head_) = w->next;
+        (w->next ? w->next->prev : tail_) = w->prev;
+        w->prev = w->next = nullptr;
+    }
+
+    Connector connector_;
+    [[no_unique_address]] Validation validation_;
+    [[no_unique_address]] Recycling recycling_;
+    [[no_unique_address]] Overflow overflow_;
+    [[no_unique_address]] Retry retry_;
+    [[no_unique_address]] ForkSafety fork_;
+    [[no_unique_address]] Observability observer_;
+    mutable typename Concurrency::mutex_type mutex_;
+    std::vector<info> idle_;
+    std::size_t in_use_ = 0;
+    std::size_t opening_ = 0;
+    std::size_t waiting_ = 0;
+    std::size_t inherited_ = 0; // leases taken before a fork, still out in this (child) process
+    waiter* head_ = nullptr;
+    waiter* tail_ = nullptr;
+    std::atomic<std::uint64_t> generation_;
+    bool closed_ = false;
+    bool orphaned_ = false;
+};
+
+} // namespace pqpool::detail

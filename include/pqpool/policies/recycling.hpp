@@ -1,0 +1,135 @@
+#pragma once
+
+/// \file
+/// Recycling: when does a connection retire, and how is it cleaned when it
+/// comes back?
+///
+/// | policy   | cost per acquire            | cost per release                                        |
+/// |----------|-----------------------------|---------------------------------------------------------|
+/// | `none`   | nothing                     | nothing                                                 |
+/// | `limits` | a clock read, two compares  | a clock read; a `ROLLBACK` round trip only when the lease left a transaction open (default) |
+
+#include <pqpool/detail/archetype.hpp>
+#include <pqpool/detail/random.hpp>
+#include <pqpool/error.hpp>
+
+#include <chrono>
+#include <concepts>
+#include <cstdint>
+
+namespace pqpool {
+
+/// The category tag of recycling policies.
+struct recycling_tag {};
+
+/// A recycling policy.
+///
+/// Minimal complete definition: `category` (= `recycling_tag`),
+/// `static constexpr bool uses_clock`, and
+/// - `void on_open(connection_info&, time_point now)`: called once when a
+///   connection is opened; sets `expires`;
+/// - `bool keep_on_acquire(const connection_info&, time_point now)`: may this
+///   idle connection still be handed out?
+/// - `bool keep_on_release(Connector&, connection_info&, time_point now)`: a
+///   lease returned it; clean it (I/O allowed) and say whether it goes back to
+///   the pool (`true`) or is closed (`false`).
+///
+/// Laws: none of them throws; they run outside the pool's lock; `now` is
+/// meaningful only when `uses_clock` is true. Optionally `void check() const`
+/// throws `config_error` for numbers out of range (called by the pool's
+/// constructor).
+template <class P>
+concept recycling_policy = std::same_as<typename P::category, recycling_tag> && std::default_initializable<P> &&
+    requires(const P& p, detail::archetype_connector& c, detail::archetype_info& info,
+             detail::archetype_connector::clock::time_point now) {
+        { P::uses_clock } -> std::convertible_to<bool>;
+        p.on_open(info, now);
+        { p.keep_on_acquire(info, now) } -> std::same_as<bool>;
+        { p.keep_on_release(c, info, now) } -> std::same_as<bool>;
+    };
+
+namespace recycling {
+
+/// Connections live until they break; nothing is cleaned on return. A lease
+/// returned inside a transaction hands that transaction to the next user:
+/// choose this only when every user ends its own transactions.
+struct none {
+    using category = recycling_tag;
+    static constexpr bool uses_clock = false;
+    template <class Info, class TimePoint>
+    void on_open(Info& info, TimePoint) const noexcept {
+        info.expires = TimePoint::max();
+    }
+    template <class Info, class TimePoint>
+    bool keep_on_acquire(const Info&, TimePoint) const noexcept {
+        return true;
+    }
+    template <class C, class Info, class TimePoint>
+    bool keep_on_release(C&, Info&, TimePoint) const noexcept {
+        return true;
+    }
+};
+
+/// How a returned connection is cleaned.
+enum class on_return {
+    keep,        ///< Nothing: the next user inherits whatever state it is in.
+    rollback,    ///< Roll back an open or failed transaction; close one that is busy or in an unknown state.
+    discard_all, ///< As `rollback`, then `DISCARD ALL` (drops temp tables, prepared statements, settings): a round trip per release.
+};
+
+/// Max lifetime with jitter, max uses, reset on return. The default.
+///
+/// Each connection's lifetime is drawn once, at birth, uniformly in
+/// `[max_lifetime - jitter, max_lifetime]`, so connections opened together do
+/// not all retire at the same moment; it is enforced when the connection is
+/// acquired and when it is released.
+struct limits {
+    using category = recycling_tag;
+    static constexpr bool uses_clock = true;
+
+    /// A connection retires after at most this long; zero means never.
+    std::chrono::milliseconds max_lifetime{std::chrono::minutes{30}};
+    /// How much earlier than `max_lifetime` it may retire (spread).
+    std::chrono::milliseconds jitter{std::chrono::minutes{1}};
+    /// A connection retires after this many leases; zero means no limit.
+    std::uint64_t max_uses = 0;
+    /// How a returned connection is cleaned.
+    on_return reset = on_return::rollback;
+
+    void check() const {
+        if (max_lifetime.count() < 0 || jitter.count() < 0)
+            throw config_error("pqpool: recycling::limits: max_lifetime and jitter must not be negative");
+        if (max_lifetime.count() > 0 && jitter > max_lifetime)
+            throw config_error("pqpool: recycling::limits: jitter (" + std::to_string(jitter.count()) +
+                               " ms) exceeds max_lifetime (" + std::to_string(max_lifetime.count()) + " ms)");
+    }
+
+    template <class Info, class TimePoint>
+    void on_open(Info& info, TimePoint now) const noexcept {
+        if (max_lifetime.count() == 0) {
+            info.expires = TimePoint::max();
+            return;
+        }
+        using dur = typename TimePoint::duration;
+        const auto spread = std::chrono::duration_cast<dur>(jitter).count();
+        info.expires = now + std::chrono::duration_cast<dur>(max_lifetime) - dur{detail::random_up_to(spread)};
+    }
+
+    template <class Info, class TimePoint>
+    bool keep_on_acquire(const Info& info, TimePoint now) const noexcept {
+        return now < info.expires && (max_uses == 0 || info.uses < max_uses);
+    }
+
+    template <class C, class Info, class TimePoint>
+    bool keep_on_release(C& c, Info& info, TimePoint now) const noexcept {
+        if (!keep_on_acquire(info, now)) return false; // retiring anyway: no point cleaning it
+        if (reset == on_return::keep) return true;
+        return c.reset(info.handle, reset == on_return::discard_all);
+    }
+};
+
+/// What `pqpool::pool<>` uses when no recycling policy is named.
+using default_policy = limits;
+
+} // namespace recycling
+} // namespace pqpool

@@ -1,0 +1,79 @@
+#pragma once
+
+/// \file
+/// Retry: what happens when opening a connection fails transiently?
+///
+/// A failure is transient when the server could not be reached or refused the
+/// connection for a reason that passes (`connect_error::transient()`: no
+/// answer, SQLSTATE class 08, 57P01, 57P02, 57P03, 57P05, 53300). A wrong
+/// password, an unknown database or a bad conninfo fails at once. Retries
+/// never run past the acquire's deadline. Neither policy costs anything per
+/// acquire of an idle connection.
+
+#include <pqpool/detail/random.hpp>
+#include <pqpool/error.hpp>
+
+#include <chrono>
+#include <concepts>
+#include <optional>
+
+namespace pqpool {
+
+/// The category tag of retry policies.
+struct retry_tag {};
+
+/// A retry policy.
+///
+/// Minimal complete definition: `category` (= `retry_tag`) and
+/// `std::optional<std::chrono::nanoseconds> next_delay(unsigned failures) const`:
+/// after `failures` consecutive transient failures (1, 2, …), how long to wait
+/// before the next attempt, or no value to give up. Laws: does not throw; the
+/// delays are bounded. Optionally `void check() const`.
+template <class P>
+concept retry_policy = std::same_as<typename P::category, retry_tag> && std::default_initializable<P> &&
+    requires(const P& p, unsigned failures) {
+        { p.next_delay(failures) } -> std::same_as<std::optional<std::chrono::nanoseconds>>;
+    };
+
+namespace retry {
+
+/// One attempt; a failure reaches the caller.
+struct none {
+    using category = retry_tag;
+    std::optional<std::chrono::nanoseconds> next_delay(unsigned) const noexcept { return std::nullopt; }
+};
+
+/// Capped exponential backoff with full jitter: after the n-th failure, wait
+/// a uniformly drawn time in `[0, min(cap, base * 2^(n-1))]`, for at most
+/// `attempts` attempts in all. The default (5 attempts, 100 ms base, 3 s cap).
+struct exponential_backoff {
+    using category = retry_tag;
+    unsigned attempts = 5;                                   ///< Attempts in all, the first included.
+    std::chrono::milliseconds base{100};                     ///< The first delay's upper bound.
+    std::chrono::milliseconds cap{std::chrono::seconds{3}};  ///< No delay exceeds this.
+
+    void check() const {
+        if (attempts == 0) throw config_error("pqpool: retry::exponential_backoff: attempts must be at least 1");
+        if (base.count() < 0 || cap.count() < 0)
+            throw config_error("pqpool: retry::exponential_backoff: base and cap must not be negative");
+    }
+
+    /// The upper bound of the delay after the n-th failure.
+    std::chrono::nanoseconds ceiling(unsigned failures) const noexcept {
+        const std::chrono::nanoseconds b = base, c = cap;
+        std::chrono::nanoseconds ceil = b;
+        for (unsigned i = 1; i < failures && ceil < c; ++i) ceil *= 2;
+        return ceil < c ? ceil : c;
+    }
+
+    std::optional<std::chrono::nanoseconds> next_delay(unsigned failures) const noexcept {
+        if (failures == 0 || failures >= attempts) return std::nullopt;
+        return std::chrono::nanoseconds{detail::random_up_to(ceiling(failures).count())};
+    }
+};
+
+/// What `pqpool::pool<>` uses when no retry policy is named.
+using default_policy = exponential_backoff;
+
+} // namespace retry
+} // namespace pqpool

@@ -1,0 +1,44 @@
+// Concurrency policies.
+
+#include "catch.hpp"
+#include "test_pool.hpp"
+
+#include <thread>
+#include <vector>
+
+using namespace pqpool;
+using namespace pqpool::test;
+
+TEST_CASE("concurrency::single_thread never waits: a full pool throws exhausted_error", "[concurrency]") {
+    auto s = std::make_shared<fake_server>();
+    null_pool<overflow::fixed, concurrency::single_thread> pool{fake_connector<>{s},
+                                                                overflow::fixed{.size = 1, .wait = 10s}};
+    auto l = pool.acquire();
+    CHECK_THROWS_WITH(pool.acquire(), Catch::Contains("single_thread"));
+    l.release();
+    CHECK(pool.acquire().get()->id == 0);
+    STATIC_REQUIRE(std::is_empty_v<concurrency::single_thread>);
+}
+
+TEST_CASE("concurrency::mutex: many threads, every cycle served, nothing lost", "[concurrency]") {
+    auto s = std::make_shared<fake_server>();
+    null_pool<overflow::bounded> pool{fake_connector<>{s}, overflow::bounded{.size = 2, .max_overflow = 2, .wait = 30s}};
+    std::atomic<int> done{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 8; ++t)
+        threads.emplace_back([&] {
+            for (int i = 0; i < 500; ++i) {
+                auto l = pool.acquire();
+                if (l.get()->closed) FAIL_CHECK("handed out a closed connection");
+                ++done;
+            }
+        });
+    for (auto& t : threads) t.join();
+    CHECK(done == 8 * 500);
+    const auto st = pool.stats();
+    CHECK(st.in_use == 0);
+    CHECK(st.waiting == 0);
+    CHECK(st.size <= 4);
+    CHECK(static_cast<int>(st.size) == s->open());
+    CHECK(s->misuse == 0);
+}

@@ -1,0 +1,80 @@
+// Fork safety against the fake connector: what a child does with what it
+// inherited. (The real-server proof, TLS included, is in the integration tests.)
+
+#include "catch.hpp"
+#include "test_pool.hpp"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+using namespace pqpool;
+using namespace pqpool::test;
+
+namespace {
+// Runs `child` in a forked process; returns its exit code (its checks' verdict).
+template <class F>
+int in_child(F child) {
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        int code = 1;
+        try {
+            code = child();
+        } catch (...) {
+            code = 99;
+        }
+        ::_exit(code);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    REQUIRE(WIFEXITED(status));
+    return WEXITSTATUS(status);
+}
+} // namespace
+
+TEST_CASE("fork_safety::detect: a child abandons inherited connections and starts afresh", "[fork_safety]") {
+    auto s = std::make_shared<fake_server>();
+    using p = fake_pool<validation::none, recycling::none, overflow::fixed, fork_safety::detect, observability::counters>;
+    p pool{fake_connector<>{s}, overflow::fixed{.size = 4}};
+    {
+        auto a = pool.acquire(), b = pool.acquire();
+    }
+    auto held = pool.acquire(); // taken before the fork, still out in the child
+    REQUIRE(pool.stats().idle == 1);
+
+    const int code = in_child([&] {
+        auto fresh = pool.acquire();
+        if (fresh.get()->id != 2) return 10;                    // a new connection, not an inherited one
+        if (!s->connection(1).abandoned) return 11;             // the idle inherited one: abandoned, no I/O
+        if (s->connection(1).closed) return 12;                 // ... and never closed politely
+        if (pool.observer().count(event::fork_detected) != 1) return 13;
+        if (pool.stats().in_use != 1 || pool.stats().idle != 0) return 14; // counts start afresh
+        try {
+            (void)held.get();
+            return 15; // using a pre-fork lease in the child must throw
+        } catch (const closed_error&) {
+        }
+        held.release(); // no I/O: abandoned
+        if (!s->connection(0).abandoned || s->connection(0).closed) return 16;
+        if (s->misuse != 0) return 17;
+        return 0;
+    });
+    CHECK(code == 0);
+    // The parent is untouched.
+    CHECK(held.get() == &s->connection(0));
+    CHECK(s->abandons == 0);
+    CHECK(s->closes == 0);
+    CHECK(pool.stats().idle == 1);
+    CHECK(pool.observer().count(event::fork_detected) == 0);
+}
+
+TEST_CASE("fork_safety::none does nothing in the child (the user promised not to fork)", "[fork_safety]") {
+    auto s = std::make_shared<fake_server>();
+    null_pool<overflow::fixed, observability::counters> pool{fake_connector<>{s}, overflow::fixed{.size = 2}};
+    { auto a = pool.acquire(); }
+    const int code = in_child([&] {
+        auto l = pool.acquire();
+        return l.get()->id == 0 && pool.observer().count(event::fork_detected) == 0 ? 0 : 1; // inherited one reused
+    });
+    CHECK(code == 0);
+}

@@ -1,0 +1,94 @@
+// Retry policies: which failures are retried, and the backoff's bounds.
+
+#include "catch.hpp"
+#include "test_pool.hpp"
+
+using namespace pqpool;
+using namespace pqpool::test;
+
+namespace {
+using backoff_pool = manual_pool<validation::none, recycling::none, retry::exponential_backoff, fork_safety::none,
+                                 overflow::fixed, observability::counters>;
+backoff_pool make(std::shared_ptr<fake_server> s, retry::exponential_backoff r) {
+    return backoff_pool{fake_connector<manual_clock>{s}, overflow::fixed{.size = 1, .wait = 60s}, r};
+}
+} // namespace
+
+TEST_CASE("exponential_backoff: each delay lies in [0, min(cap, base * 2^(n-1))]", "[retry]") {
+    const retry::exponential_backoff r{.attempts = 10, .base = 100ms, .cap = 1s};
+    CHECK(r.ceiling(1) == 100ms);
+    CHECK(r.ceiling(2) == 200ms);
+    CHECK(r.ceiling(4) == 800ms);
+    CHECK(r.ceiling(5) == 1s);
+    CHECK(r.ceiling(9) == 1s);
+    for (unsigned n = 1; n < 10; ++n) {
+        std::chrono::nanoseconds lo = std::chrono::hours{1}, hi{0};
+        for (int i = 0; i < 2000; ++i) {
+            const auto d = r.next_delay(n);
+            REQUIRE(d);
+            REQUIRE(*d >= 0ns);
+            REQUIRE(*d <= r.ceiling(n));
+            lo = std::min(lo, *d);
+            hi = std::max(hi, *d);
+        }
+        // full jitter: the draws cover the whole range, down to near zero
+        CHECK(lo < r.ceiling(n) / 10);
+        CHECK(hi > r.ceiling(n) * 9 / 10);
+    }
+    CHECK_FALSE(r.next_delay(10)); // the attempts are used up
+    CHECK_FALSE(retry::none{}.next_delay(1));
+}
+
+TEST_CASE("transient connect failures are retried with backoff, then succeed", "[retry]") {
+    manual_clock::reset();
+    auto s = std::make_shared<fake_server>();
+    auto pool = make(s, {.attempts = 5, .base = 100ms, .cap = 1s});
+    s->fail_next({fault::transient, "57P03"}, 3);
+    auto l = pool.acquire();
+    CHECK(l);
+    CHECK(s->attempts == 4);
+    CHECK(pool.observer().count(event::retry) == 3);
+    CHECK(manual_clock::slept() <= 100ms + 200ms + 400ms);
+}
+
+TEST_CASE("retries stop after `attempts` with the last error", "[retry]") {
+    manual_clock::reset();
+    auto s = std::make_shared<fake_server>();
+    auto pool = make(s, {.attempts = 3, .base = 10ms, .cap = 1s});
+    s->fail_next({fault::transient, "08006"}, 10);
+    try {
+        (void)pool.acquire();
+        FAIL("no error");
+    } catch (const connect_error& e) {
+        CHECK(e.sqlstate() == "08006");
+        CHECK(e.transient());
+    }
+    CHECK(s->attempts == 3);
+    CHECK(pool.stats().size == 0);
+}
+
+TEST_CASE("a permanent failure is not retried", "[retry]") {
+    auto s = std::make_shared<fake_server>();
+    auto pool = make(s, {});
+    s->fail_next({fault::permanent, "28P01"}, 5);
+    CHECK_THROWS_AS(pool.acquire(), connect_error);
+    CHECK(s->attempts == 1);
+}
+
+TEST_CASE("retries never run past the acquire's deadline", "[retry]") {
+    manual_clock::reset();
+    auto s = std::make_shared<fake_server>();
+    backoff_pool pool{fake_connector<manual_clock>{s}, overflow::fixed{.size = 1, .wait = 1s},
+                      retry::exponential_backoff{.attempts = 100, .base = 10s, .cap = 10s}};
+    s->fail_next({fault::transient, ""}, 100);
+    CHECK_THROWS_AS(pool.acquire(), connect_error);
+    CHECK(manual_clock::slept() < 1s);
+}
+
+TEST_CASE("retry::none makes one attempt", "[retry]") {
+    auto s = std::make_shared<fake_server>();
+    null_pool<overflow::fixed> pool{fake_connector<>{s}};
+    s->fail_next({fault::transient, "08006"}, 2);
+    CHECK_THROWS_AS(pool.acquire(), connect_error);
+    CHECK(s->attempts == 1);
+}
