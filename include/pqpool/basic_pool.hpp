@@ -138,6 +138,12 @@ public:
     /// are closed on return. Idempotent.
     void close() noexcept { core_->close(); }
 
+    /// Does now what recycling otherwise does lazily on the next release:
+    /// closes idle connections that have idled too long (above the policy's
+    /// floor) or expired, then opens connections up to the floor. For programs
+    /// that go quiet: call it from a timer. Throws what opening throws.
+    maintenance_report maintain() { return core_->maintain(); }
+
     /// A consistent snapshot of the pool's counts.
     pool_stats stats() const { return core_->stats(); }
 

@@ -20,4 +20,10 @@ struct pool_stats {
     friend bool operator==(const pool_stats&, const pool_stats&) = default;
 };
 
+/// What `pool.maintain()` did.
+struct maintenance_report {
+    std::size_t closed = 0; ///< Idle connections trimmed (idle too long) or retired (expired).
+    std::size_t opened = 0; ///< Connections opened up to the recycling policy's floor.
+};
+
 } // namespace pqpool

@@ -117,3 +117,50 @@ TEST_CASE("recycling::none keeps connections forever and never resets", "[recycl
     CHECK(pool.acquire().get()->id == 0);
     CHECK(s->resets == 0);
 }
+
+TEST_CASE("idle trimming is lazy, one per release, and never goes below the floor", "[recycling]") {
+    manual_clock::reset();
+    auto s = std::make_shared<fake_server>();
+    auto pool = make(s, {.max_lifetime = 0s, .jitter = 0s, .max_idle = 60s, .min_idle = 2}, 6);
+    {
+        std::vector<rpool::lease> all;
+        for (int i = 0; i < 6; ++i) all.push_back(pool.acquire());
+    }
+    CHECK(pool.stats().idle == 6);
+    manual_clock::advance(61s);
+    // Each release trims at most the one connection idle the longest.
+    { auto l = pool.acquire(); }
+    CHECK(pool.stats().idle == 5);
+    for (int i = 0; i < 10; ++i) auto l = pool.acquire();
+    CHECK(pool.stats().idle == 2); // the floor: never fewer
+    CHECK(s->open() == 2);
+    CHECK(pool.observer().count(event::retired) == 4);
+}
+
+TEST_CASE("maintain() trims at once, then opens up to the floor", "[recycling]") {
+    manual_clock::reset();
+    auto s = std::make_shared<fake_server>();
+    auto pool = make(s, {.max_lifetime = 0s, .jitter = 0s, .max_idle = 60s, .min_idle = 3}, 6);
+    auto first = pool.maintain(); // a cold pool warms up to the floor
+    CHECK(first.opened == 3);
+    CHECK(first.closed == 0);
+    CHECK(pool.stats().idle == 3);
+    {
+        std::vector<rpool::lease> all;
+        for (int i = 0; i < 6; ++i) all.push_back(pool.acquire());
+    }
+    manual_clock::advance(61s);
+    auto second = pool.maintain();
+    CHECK(second.closed == 3);
+    CHECK(second.opened == 0);
+    CHECK(pool.stats().idle == 3);
+    CHECK(s->open() == 3);
+
+    // Expired connections are retired by maintain(), floor or not.
+    auto expiring = make(s, {.max_lifetime = 10s, .jitter = 0s, .max_idle = 0s, .min_idle = 1}, 2);
+    expiring.maintain();
+    manual_clock::advance(11s);
+    auto third = expiring.maintain();
+    CHECK(third.closed == 1);
+    CHECK(third.opened == 1);
+}

@@ -45,7 +45,7 @@ struct libpq_options {
     /// Statements run on every new connection, in order, before the pool sees
     /// it (e.g. `"SET search_path TO app"`). Each may hold several statements
     /// separated by `;`.
-    std::vector<std::string> setup;
+    std::vector<std::string> setup{};
 };
 
 namespace detail {

@@ -131,16 +131,63 @@ public:
                 }
                 if (idle_.size() < overflow_.keep_idle() && push_idle(c)) {
                     --in_use_;
+                    if constexpr (Recycling::uses_clock) {
+                        // Lazy idle trimming: one look at the connection idle the longest.
+                        if (!recycling_.keep_idle(idle_.front(), now, idle_.size())) [[unlikely]] {
+                            info oldest = idle_.front();
+                            idle_.erase(idle_.begin());
+                            ++in_use_; // counted until closed
+                            lock.unlock();
+                            observer_.on_event(event::retired);
+                            close_held(oldest);
+                        }
+                    }
                     return;
                 }
             }
         }
         observer_.on_event(keep ? event::trimmed : event::retired);
-        connector_.close(c.handle);
-        std::unique_lock lock(mutex_);
-        --in_use_;
-        pass_permit();
-        leave(lock);
+        close_held(c);
+    }
+
+    // Trims idle connections (idle too long above the floor, or expired), then
+    // opens connections up to the recycling policy's floor. Returns how many
+    // it closed and opened. Throws what opening throws.
+    maintenance_report maintain() {
+        check_fork();
+        maintenance_report report;
+        if constexpr (Recycling::uses_clock) {
+            std::vector<info> stale;
+            {
+                std::lock_guard lock(mutex_);
+                const time_point now = clock::now();
+                for (std::size_t i = 0; i < idle_.size();) {
+                    if (recycling_.keep_idle(idle_[i], now, idle_.size())) {
+                        ++i;
+                        continue;
+                    }
+                    stale.push_back(idle_[i]);
+                    idle_.erase(idle_.begin() + static_cast<std::ptrdiff_t>(i));
+                    ++in_use_; // counted until closed
+                }
+            }
+            for (info& c : stale) {
+                observer_.on_event(event::retired);
+                close_held(c);
+            }
+            report.closed = stale.size();
+        }
+        for (;;) {
+            {
+                std::lock_guard lock(mutex_);
+                if (closed_ || head_ != nullptr || size() >= recycling_.idle_floor() ||
+                    size() >= overflow_.max_size())
+                    return report;
+                ++opening_;
+            }
+            lease_type fresh = open_reserved(saturating_add(clock::now(), overflow_.timeout()));
+            ++report.opened;
+        } // `fresh` returns to the pool here
     }
 
     void close() noexcept {
@@ -275,12 +322,18 @@ private:
         } else {
             observer_.on_event(event::retired);
         }
+        close_held(c);
+        return std::nullopt;
+    }
+
+    // Closes a connection counted in in_use_ (outside the lock), then frees its
+    // slot for the first waiter.
+    void close_held(info& c) noexcept {
         connector_.close(c.handle);
         std::unique_lock lock(mutex_);
         --in_use_;
         pass_permit();
         leave(lock);
-        return std::nullopt;
     }
 
     // The caller holds a permit (counted in opening_): open a connection.

@@ -15,6 +15,7 @@
 
 #include <chrono>
 #include <concepts>
+#include <cstddef>
 #include <cstdint>
 
 namespace pqpool {
@@ -32,7 +33,12 @@ struct recycling_tag {};
 ///   idle connection still be handed out?
 /// - `bool keep_on_release(Connector&, connection_info&, time_point now)`: a
 ///   lease returned it; clean it (I/O allowed) and say whether it goes back to
-///   the pool (`true`) or is closed (`false`).
+///   the pool (`true`) or is closed (`false`);
+/// - `bool keep_idle(const connection_info&, time_point now, std::size_t idle)`:
+///   may this connection, idle in the pool with `idle` idle connections in all,
+///   stay there? (`false` trims it: idle too long above the floor, or expired);
+/// - `std::size_t idle_floor() const`: trimming stops at this many idle
+///   connections, and `maintain()` opens connections up to it.
 ///
 /// Laws: none of them throws; they run outside the pool's lock; `now` is
 /// meaningful only when `uses_clock` is true. Optionally `void check() const`
@@ -46,6 +52,8 @@ concept recycling_policy = std::same_as<typename P::category, recycling_tag> && 
         p.on_open(info, now);
         { p.keep_on_acquire(info, now) } -> std::same_as<bool>;
         { p.keep_on_release(c, info, now) } -> std::same_as<bool>;
+        { p.keep_idle(info, now, std::size_t{}) } -> std::same_as<bool>;
+        { p.idle_floor() } -> std::same_as<std::size_t>;
     };
 
 namespace recycling {
@@ -68,6 +76,11 @@ struct none {
     bool keep_on_release(C&, Info&, TimePoint) const noexcept {
         return true;
     }
+    template <class Info, class TimePoint>
+    bool keep_idle(const Info&, TimePoint, std::size_t) const noexcept {
+        return true;
+    }
+    std::size_t idle_floor() const noexcept { return 0; }
 };
 
 /// How a returned connection is cleaned.
@@ -77,12 +90,20 @@ enum class on_return {
     discard_all, ///< As `rollback`, then `DISCARD ALL` (drops temp tables, prepared statements, settings): a round trip per release.
 };
 
-/// Max lifetime with jitter, max uses, reset on return. The default.
+/// Max lifetime with jitter, max idle time above a floor, max uses, reset on
+/// return. The default.
 ///
 /// Each connection's lifetime is drawn once, at birth, uniformly in
 /// `[max_lifetime - jitter, max_lifetime]`, so connections opened together do
 /// not all retire at the same moment; it is enforced when the connection is
 /// acquired and when it is released.
+///
+/// Idle trimming is lazy: each release looks at the connection idle the
+/// longest (one comparison) and closes it when it has been idle longer than
+/// `max_idle` while more than `min_idle` are idle. A pool nobody calls does
+/// nothing by itself (no hidden thread); a program that goes quiet calls
+/// `pool.maintain()` from its own timer to trim, retire expired connections
+/// and open up to `min_idle`.
 struct limits {
     using category = recycling_tag;
     static constexpr bool uses_clock = true;
@@ -95,10 +116,17 @@ struct limits {
     std::uint64_t max_uses = 0;
     /// How a returned connection is cleaned.
     on_return reset = on_return::rollback;
+    /// An idle connection is closed after this long unused (while more than
+    /// `min_idle` are idle); zero means never.
+    std::chrono::milliseconds max_idle{std::chrono::minutes{10}};
+    /// Idle trimming stops at this many idle connections; `maintain()` opens
+    /// connections up to this many.
+    std::size_t min_idle = 0;
 
     void check() const {
         if (max_lifetime.count() < 0 || jitter.count() < 0)
             throw config_error("pqpool: recycling::limits: max_lifetime and jitter must not be negative");
+        if (max_idle.count() < 0) throw config_error("pqpool: recycling::limits: max_idle must not be negative");
         if (max_lifetime.count() > 0 && jitter > max_lifetime)
             throw config_error("pqpool: recycling::limits: jitter (" + std::to_string(jitter.count()) +
                                " ms) exceeds max_lifetime (" + std::to_string(max_lifetime.count()) + " ms)");
@@ -126,6 +154,14 @@ struct limits {
         if (reset == on_return::keep) return true;
         return c.reset(info.handle, reset == on_return::discard_all);
     }
+
+    template <class Info, class TimePoint>
+    bool keep_idle(const Info& info, TimePoint now, std::size_t idle) const noexcept {
+        if (!keep_on_acquire(info, now)) return false;
+        return max_idle.count() == 0 || idle <= min_idle || now - info.last_used < max_idle;
+    }
+
+    std::size_t idle_floor() const noexcept { return min_idle; }
 };
 
 /// What `pqpool::pool<>` uses when no recycling policy is named.
