@@ -7,6 +7,7 @@
 #include <pqpool/connector/concept.hpp>
 #include <pqpool/error.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -68,6 +69,7 @@ struct fake_server {
     std::deque<fault> faults; // consumed by connect attempts, in order
     std::chrono::milliseconds connect_delay{0}; // real sleep per connect
     int connects = 0, attempts = 0, closes = 0, abandons = 0, resets = 0, misuse = 0;
+    int in_flight = 0, max_in_flight = 0; // connects under way at once
     std::atomic<int> probes{0}, pings{0};
 
     int open() {
@@ -99,8 +101,13 @@ public:
     fake_server& server() const { return *server_; }
 
     handle connect(typename Clock::time_point) {
+        {
+            std::lock_guard lock(server_->m);
+            server_->max_in_flight = std::max(server_->max_in_flight, ++server_->in_flight);
+        }
         if (server_->connect_delay.count() > 0) std::this_thread::sleep_for(server_->connect_delay);
         std::lock_guard lock(server_->m);
+        --server_->in_flight;
         ++server_->attempts;
         if (!server_->faults.empty()) {
             fault f = server_->faults.front();

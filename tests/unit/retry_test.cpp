@@ -3,6 +3,10 @@
 #include "catch.hpp"
 #include "test_pool.hpp"
 
+#include <atomic>
+#include <thread>
+#include <vector>
+
 using namespace pqpool;
 using namespace pqpool::test;
 
@@ -91,4 +95,49 @@ TEST_CASE("retry::none makes one attempt", "[retry]") {
     s->fail_next({fault::transient, "08006"}, 2);
     CHECK_THROWS_AS(pool.acquire(), connect_error);
     CHECK(s->attempts == 1);
+}
+
+TEST_CASE("no reconnect storm: connects in flight are bounded, waiters share the outcome", "[retry]") {
+    auto s = std::make_shared<fake_server>();
+    s->connect_delay = 5ms; // so that attempts overlap
+    s->fail_next({fault::transient, "08001"}, 1000); // the server is unreachable
+    using storm_pool = fake_pool<validation::none, recycling::none, retry::exponential_backoff, fork_safety::none,
+                                 overflow::bounded, observability::counters>;
+    storm_pool pool{fake_connector<>{s}, overflow::bounded{.size = 5, .max_overflow = 10, .wait = 30s},
+                    retry::exponential_backoff{.attempts = 3, .base = 1ms, .cap = 2ms, .connecting = 2}};
+    std::atomic<int> failed{0};
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 16; ++i)
+        threads.emplace_back([&] {
+            try {
+                (void)pool.acquire();
+            } catch (const connect_error& e) {
+                if (e.sqlstate() == "08001") ++failed;
+            }
+        });
+    for (auto& t : threads) t.join();
+    CHECK(failed == 16);              // every caller fails with the server's error, none hangs
+    CHECK(s->max_in_flight <= 2);     // never one attempt per waiting thread
+    CHECK(s->attempts < 16 * 3);      // far fewer than one retry budget per caller
+    CHECK(pool.stats() == pool_stats{});
+}
+
+TEST_CASE("callers beyond max_connecting wait for a connection, then all succeed", "[retry]") {
+    auto s = std::make_shared<fake_server>();
+    s->connect_delay = 5ms;
+    using p = fake_pool<validation::none, recycling::none, fork_safety::none, overflow::fixed>;
+    p pool{fake_connector<>{s}, overflow::fixed{.size = 8, .wait = 30s}, retry::exponential_backoff{.connecting = 1}};
+    std::atomic<int> ok{0};
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 8; ++i)
+        threads.emplace_back([&] {
+            auto l = pool.acquire();
+            std::this_thread::sleep_for(20ms);
+            ++ok;
+        });
+    for (auto& t : threads) t.join();
+    CHECK(ok == 8);
+    CHECK(s->max_in_flight == 1);
+    CHECK(pool.stats().waiting == 0);
+    CHECK(static_cast<int>(pool.stats().size) == s->open());
 }

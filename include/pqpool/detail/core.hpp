@@ -17,6 +17,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -180,9 +181,7 @@ public:
         for (;;) {
             {
                 std::lock_guard lock(mutex_);
-                if (closed_ || head_ != nullptr || size() >= recycling_.idle_floor() ||
-                    size() >= overflow_.max_size())
-                    return report;
+                if (closed_ || head_ != nullptr || size() >= recycling_.idle_floor() || !may_open()) return report;
                 ++opening_;
             }
             lease_type fresh = open_reserved(saturating_add(clock::now(), overflow_.timeout()));
@@ -234,10 +233,11 @@ private:
     static constexpr bool timed = Validation::uses_clock || Recycling::uses_clock;
 
     struct waiter {
-        enum state_t : unsigned char { waiting, got_connection, got_permit, closed };
+        enum state_t : unsigned char { waiting, got_connection, got_permit, failed, closed };
         typename Concurrency::condition_type cv;
         state_t state = waiting;
         info conn{};
+        std::exception_ptr error;
         waiter* prev = nullptr;
         waiter* next = nullptr;
     };
@@ -261,7 +261,7 @@ private:
                 ++in_use_;
                 return g;
             }
-            if (size() < overflow_.max_size()) {
+            if (may_open()) {
                 ++opening_;
                 return grant{grant::permit, {}};
             }
@@ -294,6 +294,11 @@ private:
                 switch (w.state) {
                 case waiter::got_connection: return grant{grant::connection, w.conn};
                 case waiter::got_permit: return grant{grant::permit, {}};
+                case waiter::failed: {
+                    const std::exception_ptr error = w.error;
+                    leave(lock);
+                    std::rethrow_exception(error);
+                }
                 default: leave(lock); throw closed_error("pqpool: the pool was closed while waiting");
                 }
             }
@@ -341,6 +346,18 @@ private:
         info c;
         try {
             c = open(deadline);
+        } catch (const connect_error&) {
+            std::unique_lock lock(mutex_);
+            --opening_;
+            // This attempt spent its whole retry budget, and no connection
+            // could come back to the waiters: they would only try the same
+            // server again, one budget each. They share this outcome instead.
+            if (idle_.empty() && in_use_ == 0)
+                fail_waiters(std::current_exception());
+            else
+                pass_permit();
+            leave(lock);
+            throw;
         } catch (...) {
             std::unique_lock lock(mutex_);
             --opening_;
@@ -353,6 +370,7 @@ private:
             if (!closed_) {
                 --opening_;
                 ++in_use_;
+                pass_permit(); // a connect slot freed: the next waiter may open one
                 return lease_type(this, c);
             }
         }
@@ -395,13 +413,27 @@ private:
         }
     }
 
+    // Room for one more connection, and for one more connect in flight?
+    bool may_open() const noexcept {
+        return size() < overflow_.max_size() && opening_ < retry_.max_connecting();
+    }
+
     // A slot was freed: let the first waiter open a connection in it.
     void pass_permit() noexcept {
         if (closed_) return;
-        if (waiter* w = head_; w && size() < overflow_.max_size()) {
+        if (waiter* w = head_; w && may_open()) {
             unlink(w);
             ++opening_;
             w->state = waiter::got_permit;
+            w->cv.notify_one();
+        }
+    }
+
+    void fail_waiters(std::exception_ptr error) noexcept {
+        while (waiter* w = head_) {
+            unlink(w);
+            w->state = waiter::failed;
+            w->error = error;
             w->cv.notify_one();
         }
     }

@@ -15,6 +15,7 @@
 
 #include <chrono>
 #include <concepts>
+#include <cstddef>
 #include <optional>
 
 namespace pqpool {
@@ -24,36 +25,48 @@ struct retry_tag {};
 
 /// A retry policy.
 ///
-/// Minimal complete definition: `category` (= `retry_tag`) and
-/// `std::optional<std::chrono::nanoseconds> next_delay(unsigned failures) const`:
-/// after `failures` consecutive transient failures (1, 2, …), how long to wait
-/// before the next attempt, or no value to give up. Laws: does not throw; the
-/// delays are bounded. Optionally `void check() const`.
+/// Minimal complete definition: `category` (= `retry_tag`),
+/// - `std::optional<std::chrono::nanoseconds> next_delay(unsigned failures) const`:
+///   after `failures` consecutive transient failures (1, 2, …), how long to
+///   wait before the next attempt, or no value to give up;
+/// - `std::size_t max_connecting() const`: connects one pool runs at once.
+///   Callers beyond that wait in line for a connection; when an attempt gives
+///   up and the pool has no connection that could come back, every waiter
+///   gets that attempt's error at once. So an unreachable server sees at most
+///   this many attempts in flight per pool, not one per waiting thread.
+/// Laws: does not throw; the delays are bounded; `max_connecting() >= 1`.
+/// Optionally `void check() const`.
 template <class P>
 concept retry_policy = std::same_as<typename P::category, retry_tag> && std::default_initializable<P> &&
     requires(const P& p, unsigned failures) {
         { p.next_delay(failures) } -> std::same_as<std::optional<std::chrono::nanoseconds>>;
+        { p.max_connecting() } -> std::same_as<std::size_t>;
     };
 
 namespace retry {
 
-/// One attempt; a failure reaches the caller.
+/// One attempt; a failure reaches the caller. Connects are not limited.
 struct none {
     using category = retry_tag;
     std::optional<std::chrono::nanoseconds> next_delay(unsigned) const noexcept { return std::nullopt; }
+    std::size_t max_connecting() const noexcept { return static_cast<std::size_t>(-1); }
 };
 
 /// Capped exponential backoff with full jitter: after the n-th failure, wait
 /// a uniformly drawn time in `[0, min(cap, base * 2^(n-1))]`, for at most
-/// `attempts` attempts in all. The default (5 attempts, 100 ms base, 3 s cap).
+/// `attempts` attempts in all, with at most `connecting` connects in flight
+/// per pool. The default (5 attempts, 100 ms base, 3 s cap, 2 in flight).
 struct exponential_backoff {
     using category = retry_tag;
     unsigned attempts = 5;                                   ///< Attempts in all, the first included.
     std::chrono::milliseconds base{100};                     ///< The first delay's upper bound.
     std::chrono::milliseconds cap{std::chrono::seconds{3}};  ///< No delay exceeds this.
+    std::size_t connecting = 2;                              ///< Connects in flight at once, per pool.
 
     void check() const {
         if (attempts == 0) throw config_error("pqpool: retry::exponential_backoff: attempts must be at least 1");
+        if (connecting == 0)
+            throw config_error("pqpool: retry::exponential_backoff: connecting must be at least 1");
         if (base.count() < 0 || cap.count() < 0)
             throw config_error("pqpool: retry::exponential_backoff: base and cap must not be negative");
     }
@@ -65,6 +78,8 @@ struct exponential_backoff {
         for (unsigned i = 1; i < failures && ceil < c; ++i) ceil *= 2;
         return ceil < c ? ceil : c;
     }
+
+    std::size_t max_connecting() const noexcept { return connecting; }
 
     std::optional<std::chrono::nanoseconds> next_delay(unsigned failures) const noexcept {
         if (failures == 0 || failures >= attempts) return std::nullopt;
