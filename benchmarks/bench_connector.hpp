@@ -21,6 +21,7 @@ struct null_connector {
     void close(handle h) noexcept { delete h; }
     void abandon(handle h) noexcept { delete h; }
     bool probe(handle h) noexcept { return h != nullptr; }
+    bool broken(handle h) noexcept { return h == nullptr; }
     bool ping(handle h, clock::time_point) noexcept { return h != nullptr; }
     bool reset(handle h, bool) noexcept { return h != nullptr; }
 };

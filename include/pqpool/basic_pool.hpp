@@ -133,6 +133,23 @@ public:
     /// connect timeout. Throws `connect_error` or `closed_error`.
     std::optional<lease> try_acquire() { return core_->try_acquire(); }
 
+    /// Runs `work(handle)` on a connection from the pool and returns what it
+    /// returns. When the connection was lost during the work (the connector
+    /// reports it broken afterwards: the server restarted, killed the backend,
+    /// or the network dropped), the work runs again on a fresh connection,
+    /// after the retry policy's backoff, until its budget is spent; then the
+    /// last attempt's exception is rethrown, or its result returned. Anything
+    /// else (a constraint violation, a syntax error) is never retried.
+    ///
+    /// Only idempotent work belongs here: a loss after the server committed
+    /// but before the client heard of it runs the work twice. Throws what
+    /// `acquire()` throws, and what `work` throws.
+    template <class F>
+        requires std::invocable<F&, handle>
+    std::invoke_result_t<F&, handle> run(F&& work) {
+        return core_->run(work);
+    }
+
     /// Closes the idle connections, wakes waiters with `closed_error`, and
     /// makes later acquires throw it. Leases out stay valid; their connections
     /// are closed on return. Idempotent.

@@ -146,6 +146,10 @@ public:
         if (h->closed || h->abandoned) ++server_->misuse;
         return h->alive;
     }
+    bool broken(handle h) noexcept {
+        std::lock_guard lock(server_->m);
+        return !h->alive;
+    }
     bool ping(handle h, typename Clock::time_point) noexcept {
         ++server_->pings;
         std::lock_guard lock(server_->m);

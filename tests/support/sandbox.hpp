@@ -3,7 +3,8 @@
 // The real PostgreSQL the integration tests run against.
 //
 // CTest starts `scripts/pg-sandbox` as a fixture and points PQPOOL_SANDBOX_STATE
-// at the state file it writes (KEY=VALUE lines). PQPOOL_TEST_CONNINFO, when set
+// at the state file it writes (KEY=VALUE lines, the script's own path among
+// them, for `ctl`). PQPOOL_TEST_CONNINFO, when set
 // in the environment, points the tests at an existing server instead; tests
 // that need to control the server (restart it, know the password role) then
 // fail with a message saying so. When neither is available every call throws:
@@ -89,7 +90,6 @@ private:
             auto eq = line.find('=');
             if (eq != std::string::npos) s.vars_[line.substr(0, eq)] = line.substr(eq + 1);
         }
-        if (const char* script = std::getenv("PQPOOL_SANDBOX_SCRIPT")) s.vars_["PQPOOL_SANDBOX_SCRIPT"] = script;
         s.state_file_ = state;
         s.origin_ = std::string("state file ") + state;
         s.conninfo_ = s.var("PQPOOL_TEST_CONNINFO");

@@ -141,3 +141,69 @@ TEST_CASE("callers beyond max_connecting wait for a connection, then all succeed
     CHECK(pool.stats().waiting == 0);
     CHECK(static_cast<int>(pool.stats().size) == s->open());
 }
+
+namespace {
+using run_pool = manual_pool<validation::none, recycling::none, retry::exponential_backoff, fork_safety::none,
+                             overflow::fixed, observability::counters>;
+}
+
+TEST_CASE("run() retries work whose connection was lost, on a fresh connection", "[retry][run]") {
+    manual_clock::reset();
+    auto s = std::make_shared<fake_server>();
+    run_pool pool{fake_connector<manual_clock>{s}, overflow::fixed{.size = 1},
+                  retry::exponential_backoff{.attempts = 5, .base = 10ms, .cap = 100ms}};
+    int calls = 0;
+    const int result = pool.run([&](fake_connection* c) {
+        ++calls;
+        if (calls < 3) {
+            c->alive = false; // the server went away mid-work
+            throw std::runtime_error("server closed the connection unexpectedly");
+        }
+        return c->id;
+    });
+    CHECK(calls == 3);
+    CHECK(result == 2); // the third connection
+    CHECK(s->connection(0).closed); // lost connections are closed, not reused
+    CHECK(pool.observer().count(event::retry) == 2);
+    CHECK(pool.stats().in_use == 0);
+}
+
+TEST_CASE("run() never retries an error that is not a lost connection", "[retry][run]") {
+    auto s = std::make_shared<fake_server>();
+    run_pool pool{fake_connector<manual_clock>{s}, overflow::fixed{.size = 1}};
+    int calls = 0;
+    CHECK_THROWS_WITH(pool.run([&](fake_connection*) {
+        ++calls;
+        throw std::runtime_error("duplicate key value violates unique constraint");
+    }),
+                      "duplicate key value violates unique constraint");
+    CHECK(calls == 1);
+    CHECK(s->connects == 1);
+    pool.run([&](fake_connection*) { ++calls; }); // void works, and the connection was kept
+    CHECK(s->connects == 1);
+}
+
+TEST_CASE("run() gives up after the retry budget with the last outcome", "[retry][run]") {
+    manual_clock::reset();
+    auto s = std::make_shared<fake_server>();
+    run_pool pool{fake_connector<manual_clock>{s}, overflow::fixed{.size = 1},
+                  retry::exponential_backoff{.attempts = 3, .base = 10ms, .cap = 100ms}};
+    int calls = 0;
+    CHECK_THROWS_WITH(pool.run([&](fake_connection* c) {
+        ++calls;
+        c->alive = false;
+        throw std::runtime_error("lost " + std::to_string(calls));
+    }),
+                      "lost 3");
+    CHECK(calls == 3);
+    // A lost connection reported through the result, not an exception: returned as is after the budget.
+    calls = 0;
+    const bool ok = pool.run([&](fake_connection* c) {
+        ++calls;
+        c->alive = false;
+        return false;
+    });
+    CHECK_FALSE(ok);
+    CHECK(calls == 3);
+    CHECK(pool.stats().size == 0);
+}

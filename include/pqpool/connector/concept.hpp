@@ -24,6 +24,8 @@ struct connector_tag {};
 ///   only call allowed on a connection inherited across `fork()`;
 /// - `probe(h)` answers "is `h` still usable?" with local checks only, no round
 ///   trip; `ping(h, deadline)` asks the server;
+/// - `broken(h)` answers, from local state only, whether the session was lost
+///   (libpq: `CONNECTION_BAD`);
 /// - `reset(h, discard_all)` returns `h` to a clean idle state (rolls back an
 ///   open or failed transaction; with `discard_all`, `DISCARD ALL`) and answers
 ///   whether `h` may be reused; `false` means close it.
@@ -36,6 +38,7 @@ concept connector = requires(C& c, typename C::handle h, typename C::clock::time
     { c.close(h) } noexcept;
     { c.abandon(h) } noexcept;
     { c.probe(h) } noexcept -> std::same_as<bool>;
+    { c.broken(h) } noexcept -> std::same_as<bool>;
     { c.ping(h, deadline) } noexcept -> std::same_as<bool>;
     { c.reset(h, true) } noexcept -> std::same_as<bool>;
 };

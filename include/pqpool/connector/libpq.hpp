@@ -228,6 +228,10 @@ public:
     /// and one more `poll()`.
     bool probe(handle h) const noexcept;
 
+    /// Was the connection lost (`PQstatus` is `CONNECTION_BAD`)? Costs nothing:
+    /// local state only. `pool.run` asks it after the work, to decide on a retry.
+    bool broken(handle h) const noexcept { return h == nullptr || PQstatus(h) == CONNECTION_BAD; }
+
     /// Asks the server: sends an empty query and waits for its answer until
     /// `deadline`.
     ///

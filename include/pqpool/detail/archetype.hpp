@@ -20,6 +20,7 @@ struct archetype_connector {
     void close(handle) noexcept;
     void abandon(handle) noexcept;
     bool probe(handle) noexcept;
+    bool broken(handle) noexcept;
     bool ping(handle, clock::time_point) noexcept;
     bool reset(handle, bool) noexcept;
 };

@@ -22,6 +22,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -104,6 +105,47 @@ public:
                 continue;
             }
             return open_reserved(time_point::max());
+        }
+    }
+
+    // Runs work(handle) on a lease; when the connection is lost during it,
+    // again on a fresh one, with the retry policy's budget and backoff.
+    template <class F>
+    std::invoke_result_t<F&, handle> run(F& work) {
+        using result = std::invoke_result_t<F&, handle>;
+        for (unsigned failures = 0;;) {
+            lease_type l = acquire(overflow_.timeout());
+            const handle h = l.get();
+            const auto retry_after_loss = [&]() -> bool {
+                if (!connector_.broken(h)) return false;
+                l.mark_broken();
+                const auto delay = retry_.next_delay(++failures);
+                if (!delay) return false;
+                l.release();
+                observer_.on_event(event::retry);
+                sleep_for<clock>(*delay);
+                return true;
+            };
+            if constexpr (std::is_void_v<result>) {
+                try {
+                    work(h);
+                } catch (...) {
+                    if (retry_after_loss()) continue;
+                    throw;
+                }
+                if (retry_after_loss()) continue;
+                return;
+            } else {
+                std::optional<result> r;
+                try {
+                    r.emplace(work(h));
+                } catch (...) {
+                    if (retry_after_loss()) continue;
+                    throw;
+                }
+                if (retry_after_loss()) continue;
+                return std::move(*r);
+            }
         }
     }
 
