@@ -5,6 +5,8 @@
 #include "test_pool.hpp"
 
 #include <sys/wait.h>
+#include <atomic>
+#include <thread>
 #include <unistd.h>
 
 using namespace pqpool;
@@ -76,5 +78,43 @@ TEST_CASE("fork_safety::none does nothing in the child (the user promised not to
         auto l = pool.acquire();
         return l.get()->id == 0 && pool.observer().count(event::fork_detected) == 0 ? 0 : 1; // inherited one reused
     });
+    CHECK(code == 0);
+}
+
+namespace {
+// An observer that, once armed, blocks inside the pool's lock (the timeout
+// event is reported under it) until released: it lets a test fork() while
+// another thread holds the pool's mutex.
+struct lock_holder {
+    using category = observability_tag;
+    static inline std::atomic<bool> armed{false}, inside{false}, release{false};
+    void on_event(event e) noexcept {
+        if (e != event::timeout || !armed.exchange(false)) return;
+        inside = true;
+        while (!release) std::this_thread::yield();
+    }
+};
+} // namespace
+
+TEST_CASE("fork() while another thread holds the pool's lock: the child's pool still works", "[fork_safety]") {
+    auto s = std::make_shared<fake_server>();
+    using p = fake_pool<validation::none, recycling::none, overflow::fixed, fork_safety::detect, lock_holder>;
+    p pool{fake_connector<>{s}, overflow::fixed{.size = 1}};
+    auto held = pool.acquire();
+    lock_holder::armed = true;
+    std::thread holder([&] {
+        try {
+            (void)pool.acquire_for(1ms); // times out, and the observer blocks under the lock
+        } catch (const timeout_error&) {
+        }
+    });
+    while (!lock_holder::inside) std::this_thread::yield();
+    const int code = in_child([&] {
+        ::alarm(10); // a deadlock here kills the child instead of hanging the suite
+        auto l = pool.acquire();
+        return l.get()->id == 1 && pool.stats().in_use == 1 ? 0 : 1;
+    });
+    lock_holder::release = true;
+    holder.join();
     CHECK(code == 0);
 }

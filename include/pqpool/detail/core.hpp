@@ -17,6 +17,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <exception>
 #include <mutex>
 #include <optional>
@@ -69,7 +70,8 @@ public:
           retry_(std::move(rt)),
           fork_(std::move(f)),
           observer_(std::move(ob)),
-          generation_(fork_.generation()) {
+          generation_(fork_.generation()),
+          adopting_(generation_.load()) {
         idle_.reserve(std::min<std::size_t>(overflow_.keep_idle(), 1024));
     }
 
@@ -493,19 +495,31 @@ private:
 
     void check_fork() noexcept {
         if constexpr (fork_detects) {
-            if (fork_.generation() != generation_.load(std::memory_order_relaxed)) [[unlikely]] {
-                std::lock_guard lock(mutex_);
-                after_fork();
-            }
+            if (fork_.generation() != generation_.load(std::memory_order_acquire)) [[unlikely]]
+                adopt_after_fork();
         }
+    }
+
+    // The first thread of a child process to touch the pool takes it over. The
+    // mutex may have been locked at fork() by a thread that does not exist
+    // here, so it is rebuilt before anyone locks it; a thread that arrives
+    // meanwhile waits until the takeover is done.
+    void adopt_after_fork() noexcept {
+        const std::uint64_t now_gen = fork_.generation();
+        std::uint64_t claimed = adopting_.load(std::memory_order_acquire);
+        if (claimed != now_gen && adopting_.compare_exchange_strong(claimed, now_gen)) {
+            std::construct_at(&mutex_); // a fresh, unlocked mutex; the old one has no resources to free
+            std::lock_guard lock(mutex_);
+            after_fork(now_gen);
+            return;
+        }
+        while (generation_.load(std::memory_order_acquire) != now_gen) std::this_thread::yield();
     }
 
     // In a child process: abandon (no I/O) every inherited idle connection and
     // start afresh. Leases taken before the fork are no longer counted; the
     // threads that waited or connected do not exist here.
-    void after_fork() noexcept {
-        const std::uint64_t now_gen = fork_.generation();
-        if (generation_.load(std::memory_order_relaxed) == now_gen) return;
+    void after_fork(std::uint64_t now_gen) noexcept {
         for (info& c : idle_) connector_.abandon(c.handle);
         idle_.clear();
         inherited_ += in_use_;
@@ -513,14 +527,14 @@ private:
         opening_ = 0;
         waiting_ = 0;
         head_ = tail_ = nullptr;
-        generation_.store(now_gen, std::memory_order_relaxed);
         observer_.on_event(event::fork_detected);
+        generation_.store(now_gen, std::memory_order_release);
     }
 
     void release_inherited(info& c) noexcept {
         connector_.abandon(c.handle);
+        check_fork();
         std::unique_lock lock(mutex_);
-        after_fork();
         if (inherited_ > 0) --inherited_;
         leave(lock);
     }
@@ -567,6 +581,7 @@ private:
     waiter* head_ = nullptr;
     waiter* tail_ = nullptr;
     std::atomic<std::uint64_t> generation_;
+    std::atomic<std::uint64_t> adopting_; // the generation whose takeover has been claimed
     bool closed_ = false;
     bool orphaned_ = false;
 };
