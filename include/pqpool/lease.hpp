@@ -26,12 +26,13 @@ public:
     lease(const lease&) = delete;
     lease& operator=(const lease&) = delete;
     lease(lease&& other) noexcept
-        : core_(std::exchange(other.core_, nullptr)), info_(other.info_), broken_(other.broken_) {}
+        : core_(std::exchange(other.core_, nullptr)), info_(std::exchange(other.info_, nullptr)),
+          broken_(other.broken_) {}
     lease& operator=(lease&& other) noexcept {
         if (this != &other) {
             release();
             core_ = std::exchange(other.core_, nullptr);
-            info_ = other.info_;
+            info_ = std::exchange(other.info_, nullptr);
             broken_ = other.broken_;
         }
         return *this;
@@ -42,11 +43,11 @@ public:
     /// Throws `closed_error` in a child process for a lease taken before the fork.
     handle get() const {
         if constexpr (Core::fork_detects) {
-            if (core_ && !core_->current(info_)) [[unlikely]]
+            if (core_ && !core_->current(*info_)) [[unlikely]]
                 throw closed_error("pqpool: this lease was taken before fork(); its connection belongs to the "
                                    "parent process and cannot be used in the child");
         }
-        return core_ ? info_.handle : handle{};
+        return core_ ? info_->handle : handle{};
     }
 
     /// True while the lease holds a connection.
@@ -58,18 +59,19 @@ public:
 
     /// Returns the connection to the pool now; the lease becomes empty.
     void release() noexcept {
-        if (core_) std::exchange(core_, nullptr)->release(info_, broken_);
+        if (core_) std::exchange(core_, nullptr)->release(std::exchange(info_, nullptr), broken_);
     }
 
     /// What the pool knows of the connection (birth, expiry, uses).
-    const info_type& info() const noexcept { return info_; }
+    /// Precondition: the lease holds a connection.
+    const info_type& info() const noexcept { return *info_; }
 
 private:
     friend Core;
-    lease(Core* core, const info_type& info) noexcept : core_(core), info_(info) {}
+    lease(Core* core, info_type* info) noexcept : core_(core), info_(info) {}
 
     Core* core_ = nullptr;
-    info_type info_{};
+    info_type* info_ = nullptr; // owned by the pool; valid while the lease holds it
     bool broken_ = false;
 };
 

@@ -81,6 +81,18 @@ public:
 
     lease_type acquire(std::chrono::milliseconds timeout) {
         check_fork();
+        // The fast path: an idle connection, nobody waiting. One lock, a pop.
+        mutex_.lock();
+        if (!closed_ && head_ == nullptr && !idle_.empty()) [[likely]] {
+            info* c = idle_.back();
+            idle_.pop_back();
+            ++in_use_;
+            mutex_.unlock();
+            if (hand_out(c)) [[likely]]
+                return lease_type(this, c);
+        } else {
+            mutex_.unlock();
+        }
         std::optional<time_point> deadline; // read the clock only if we must wait or connect
         const auto get_deadline = [&] {
             if (!deadline) deadline = saturating_add(clock::now(), timeout);
@@ -89,7 +101,8 @@ public:
         for (;;) {
             grant g = take<true>(timeout, get_deadline);
             if (g.kind == grant::connection) {
-                if (auto l = hand_out(g.conn)) return std::move(*l);
+                if (hand_out(g.conn)) [[likely]]
+                    return lease_type(this, g.conn);
                 continue;
             }
             return open_reserved(timeout.count() > 0 ? get_deadline() : time_point::max());
@@ -103,7 +116,7 @@ public:
             grant g = take<false>(std::chrono::milliseconds{0}, no_deadline);
             if (g.kind == grant::nothing) return std::nullopt;
             if (g.kind == grant::connection) {
-                if (auto l = hand_out(g.conn)) return l;
+                if (hand_out(g.conn)) return lease_type(this, g.conn);
                 continue;
             }
             return open_reserved(time_point::max());
@@ -154,43 +167,45 @@ public:
     // Called by a lease. Cleaning (recycling, maybe a ROLLBACK) and closing
     // happen outside the lock; a connection is counted until it is closed, so
     // the pool never has more open than its overflow policy allows.
-    void release(info& c, bool broken) noexcept {
+    void release(info* c, bool broken) noexcept {
         if constexpr (fork_detects) {
-            if (!current(c)) [[unlikely]] {
+            if (!current(*c)) [[unlikely]] {
                 release_inherited(c);
                 return;
             }
         }
         const time_point now = timed ? clock::now() : time_point{};
-        const bool keep = !broken && recycling_.keep_on_release(connector_, c, now);
-        if constexpr (timed) c.last_used = now;
-        {
-            std::unique_lock lock(mutex_);
-            if (keep && !closed_) {
-                if (waiter* w = head_) {
-                    unlink(w); // the connection passes to the waiter; in_use_ is unchanged
-                    w->conn = c;
-                    w->state = waiter::got_connection;
-                    w->cv.notify_one();
-                    return;
-                }
-                if (idle_.size() < overflow_.keep_idle() && push_idle(c)) {
-                    --in_use_;
-                    if constexpr (Recycling::uses_clock) {
-                        // Lazy idle trimming: one look at the connection idle the longest.
-                        if (!recycling_.keep_idle(idle_.front(), now, idle_.size())) [[unlikely]] {
-                            info oldest = idle_.front();
-                            idle_.erase(idle_.begin());
-                            ++in_use_; // counted until closed
-                            lock.unlock();
-                            observer_.on_event(event::retired);
-                            close_held(oldest);
-                        }
+        const bool keep = !broken && recycling_.keep_on_release(connector_, *c, now);
+        if constexpr (timed) c->last_used = now;
+        mutex_.lock();
+        if (keep && !closed_) [[likely]] {
+            if (waiter* w = head_) {
+                unlink(w); // the connection passes to the waiter; in_use_ is unchanged
+                w->conn = c;
+                w->state = waiter::got_connection;
+                w->cv.notify_one();
+                mutex_.unlock();
+                return;
+            }
+            if (idle_.size() < overflow_.keep_idle() && push_idle(c)) [[likely]] {
+                --in_use_;
+                if constexpr (Recycling::uses_clock) {
+                    // Lazy idle trimming: one look at the connection idle the longest.
+                    if (!recycling_.keep_idle(*idle_.front(), now, idle_.size())) [[unlikely]] {
+                        info* oldest = idle_.front();
+                        idle_.erase(idle_.begin());
+                        ++in_use_; // counted until closed
+                        mutex_.unlock();
+                        observer_.on_event(event::retired);
+                        close_held(oldest);
+                        return;
                     }
-                    return;
                 }
+                mutex_.unlock();
+                return;
             }
         }
+        mutex_.unlock();
         observer_.on_event(keep ? event::trimmed : event::retired);
         close_held(c);
     }
@@ -202,12 +217,12 @@ public:
         check_fork();
         maintenance_report report;
         if constexpr (Recycling::uses_clock) {
-            std::vector<info> stale;
+            std::vector<info*> stale;
             {
                 std::lock_guard lock(mutex_);
                 const time_point now = clock::now();
                 for (std::size_t i = 0; i < idle_.size();) {
-                    if (recycling_.keep_idle(idle_[i], now, idle_.size())) {
+                    if (recycling_.keep_idle(*idle_[i], now, idle_.size())) {
                         ++i;
                         continue;
                     }
@@ -216,7 +231,7 @@ public:
                     ++in_use_; // counted until closed
                 }
             }
-            for (info& c : stale) {
+            for (info* c : stale) {
                 observer_.on_event(event::retired);
                 close_held(c);
             }
@@ -235,7 +250,7 @@ public:
 
     void close() noexcept {
         check_fork();
-        std::vector<info> idle;
+        std::vector<info*> idle;
         {
             std::lock_guard lock(mutex_);
             if (closed_) return;
@@ -248,7 +263,10 @@ public:
                 w->cv.notify_one();
             }
         }
-        for (info& c : idle) connector_.close(c.handle);
+        for (info* c : idle) {
+            connector_.close(c->handle);
+            delete c;
+        }
     }
 
     // The pool object is gone; the core lives on while anyone is inside it.
@@ -280,7 +298,7 @@ private:
         enum state_t : unsigned char { waiting, got_connection, got_permit, failed, closed };
         typename Concurrency::condition_type cv;
         state_t state = waiting;
-        info conn{};
+        info* conn = nullptr;
         std::exception_ptr error;
         waiter* prev = nullptr;
         waiter* next = nullptr;
@@ -288,7 +306,7 @@ private:
 
     struct grant {
         enum kind_t : unsigned char { nothing, connection, permit } kind = nothing;
-        info conn{};
+        info* conn = nullptr;
     };
 
     // Under the lock: an idle connection, a permit to open one, or a wait in
@@ -307,7 +325,7 @@ private:
             }
             if (may_open()) {
                 ++opening_;
-                return grant{grant::permit, {}};
+                return grant{grant::permit, nullptr};
             }
         }
         if constexpr (!MayWait) {
@@ -337,7 +355,7 @@ private:
                 --waiting_;
                 switch (w.state) {
                 case waiter::got_connection: return grant{grant::connection, w.conn};
-                case waiter::got_permit: return grant{grant::permit, {}};
+                case waiter::got_permit: return grant{grant::permit, nullptr};
                 case waiter::failed: {
                     const std::exception_ptr error = w.error;
                     leave(lock);
@@ -358,27 +376,28 @@ private:
                               s);
     }
 
-    // An idle connection the caller now holds (counted in_use_): checked by
-    // recycling and validation, or closed (and no lease given).
-    std::optional<lease_type> hand_out(info& c) {
+    // An idle connection the caller now holds (counted in in_use_): checked by
+    // recycling and validation, or closed (false).
+    bool hand_out(info* c) {
         const time_point now = timed ? clock::now() : time_point{};
-        if (recycling_.keep_on_acquire(c, now)) [[likely]] {
-            if (validation_.validate(connector_, c, now)) [[likely]] {
-                ++c.uses;
-                return lease_type(this, c);
+        if (recycling_.keep_on_acquire(*c, now)) [[likely]] {
+            if (validation_.validate(connector_, *c, now)) [[likely]] {
+                ++c->uses;
+                return true;
             }
             observer_.on_event(event::validation_failed);
         } else {
             observer_.on_event(event::retired);
         }
         close_held(c);
-        return std::nullopt;
+        return false;
     }
 
     // Closes a connection counted in in_use_ (outside the lock), then frees its
     // slot for the first waiter.
-    void close_held(info& c) noexcept {
-        connector_.close(c.handle);
+    void close_held(info* c) noexcept {
+        connector_.close(c->handle);
+        delete c;
         std::unique_lock lock(mutex_);
         --in_use_;
         pass_permit();
@@ -387,7 +406,7 @@ private:
 
     // The caller holds a permit (counted in opening_): open a connection.
     lease_type open_reserved(time_point deadline) {
-        info c;
+        info* c;
         try {
             c = open(deadline);
         } catch (const connect_error&) {
@@ -418,24 +437,27 @@ private:
                 return lease_type(this, c);
             }
         }
-        connector_.close(c.handle); // still counted in opening_, so the core stays alive meanwhile
+        connector_.close(c->handle); // still counted in opening_, so the core stays alive meanwhile
+        delete c;
         std::unique_lock lock(mutex_);
         --opening_;
         leave(lock);
         throw closed_error("pqpool: the pool was closed while connecting");
     }
 
-    info open(time_point deadline) {
+    // A new connection's record lives on the heap until it is closed, so that
+    // the idle stack, waiters and leases pass a pointer, never a copy.
+    info* open(time_point deadline) {
         for (unsigned failures = 0;;) {
             try {
-                info c;
-                c.handle = connector_.connect(deadline);
-                c.generation = fork_.generation();
-                c.uses = 1;
-                if constexpr (timed) c.born = c.last_used = clock::now();
-                recycling_.on_open(c, c.born);
+                auto c = std::make_unique<info>();
+                c->handle = connector_.connect(deadline);
+                c->generation = fork_.generation();
+                c->uses = 1;
+                if constexpr (timed) c->born = c->last_used = clock::now();
+                recycling_.on_open(*c, c->born);
                 observer_.on_event(event::connected);
-                return c;
+                return c.release();
             } catch (const connect_error& e) {
                 observer_.on_event(event::connect_failed);
                 if (!e.transient()) throw;
@@ -448,7 +470,7 @@ private:
         }
     }
 
-    bool push_idle(const info& c) noexcept {
+    bool push_idle(info* c) noexcept {
         try {
             idle_.push_back(c);
             return true;
@@ -520,7 +542,10 @@ private:
     // start afresh. Leases taken before the fork are no longer counted; the
     // threads that waited or connected do not exist here.
     void after_fork(std::uint64_t now_gen) noexcept {
-        for (info& c : idle_) connector_.abandon(c.handle);
+        for (info* c : idle_) {
+            connector_.abandon(c->handle);
+            delete c;
+        }
         idle_.clear();
         inherited_ += in_use_;
         in_use_ = 0;
@@ -531,8 +556,9 @@ private:
         generation_.store(now_gen, std::memory_order_release);
     }
 
-    void release_inherited(info& c) noexcept {
-        connector_.abandon(c.handle);
+    void release_inherited(info* c) noexcept {
+        connector_.abandon(c->handle);
+        delete c;
         check_fork();
         std::unique_lock lock(mutex_);
         if (inherited_ > 0) --inherited_;
@@ -573,7 +599,7 @@ private:
     [[no_unique_address]] ForkSafety fork_;
     [[no_unique_address]] Observability observer_;
     mutable typename Concurrency::mutex_type mutex_;
-    std::vector<info> idle_;
+    std::vector<info*> idle_; // a stack: the most recently returned connection is reused first
     std::size_t in_use_ = 0;
     std::size_t opening_ = 0;
     std::size_t waiting_ = 0;
