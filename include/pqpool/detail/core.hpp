@@ -6,6 +6,7 @@
 // costs nothing on the hot path: it reuses the counts stats() needs anyway.
 
 #include <pqpool/connection_info.hpp>
+#include <pqpool/detail/clock.hpp>
 #include <pqpool/error.hpp>
 #include <pqpool/lease.hpp>
 #include <pqpool/policies/observability.hpp>
@@ -174,7 +175,7 @@ public:
                 return;
             }
         }
-        const time_point now = timed ? clock::now() : time_point{};
+        const time_point now = timed ? coarse_now<clock>() : time_point{};
         const bool keep = !broken && recycling_.keep_on_release(connector_, *c, now);
         if constexpr (timed) c->last_used = now;
         mutex_.lock();
@@ -220,7 +221,7 @@ public:
             std::vector<info*> stale;
             {
                 std::lock_guard lock(mutex_);
-                const time_point now = clock::now();
+                const time_point now = coarse_now<clock>();
                 for (std::size_t i = 0; i < idle_.size();) {
                     if (recycling_.keep_idle(*idle_[i], now, idle_.size())) {
                         ++i;
@@ -379,7 +380,7 @@ private:
     // An idle connection the caller now holds (counted in in_use_): checked by
     // recycling and validation, or closed (false).
     bool hand_out(info* c) {
-        const time_point now = timed ? clock::now() : time_point{};
+        const time_point now = timed ? coarse_now<clock>() : time_point{};
         if (recycling_.keep_on_acquire(*c, now)) [[likely]] {
             if (validation_.validate(connector_, *c, now)) [[likely]] {
                 ++c->uses;
@@ -454,7 +455,7 @@ private:
                 c->handle = connector_.connect(deadline);
                 c->generation = fork_.generation();
                 c->uses = 1;
-                if constexpr (timed) c->born = c->last_used = clock::now();
+                if constexpr (timed) c->born = c->last_used = coarse_now<clock>();
                 recycling_.on_open(*c, c->born);
                 observer_.on_event(event::connected);
                 return c.release();

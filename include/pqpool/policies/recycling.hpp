@@ -7,7 +7,10 @@
 /// | policy   | cost per acquire            | cost per release                                        |
 /// |----------|-----------------------------|---------------------------------------------------------|
 /// | `none`   | nothing                     | nothing                                                 |
-/// | `limits` | a clock read, two compares  | a clock read; a `ROLLBACK` round trip only when the lease left a transaction open (default) |
+/// | `limits` | a coarse clock read (a few ns), two compares | a coarse clock read, a transaction-status check; a `ROLLBACK` round trip only when the lease left a transaction open (default) |
+///
+/// "Coarse" is `CLOCK_MONOTONIC_COARSE`: a few nanoseconds, a resolution of a
+/// few milliseconds, ample for lifetimes and idle times.
 
 #include <pqpool/detail/archetype.hpp>
 #include <pqpool/detail/random.hpp>

@@ -82,8 +82,8 @@ struct ping {
 };
 
 /// `probe` always; a round trip only when the connection has been idle longer
-/// than `idle_for` (pgx's approach). Costs a clock read and a `poll()` per
-/// acquire, and a round trip after idling. The default.
+/// than `idle_for` (pgx's approach). Costs a coarse clock read (a few ns) and
+/// a `poll()` per acquire, and a round trip after idling. The default.
 struct ping_if_idle {
     using category = validation_tag;
     static constexpr bool uses_clock = true;
