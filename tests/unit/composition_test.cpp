@@ -82,7 +82,7 @@ TEMPLATE_LIST_TEST_CASE("every observability policy models its concept", "[compo
     STATIC_REQUIRE(observability_policy<TestType>);
 }
 
-TEST_CASE("policies without numbers take no space; the pool has no virtual function", "[composition]") {
+TEST_CASE("policies without numbers take no space, and the pool has no virtual function", "[composition]") {
     STATIC_REQUIRE(std::is_empty_v<validation::none>);
     STATIC_REQUIRE(std::is_empty_v<validation::probe>);
     STATIC_REQUIRE(std::is_empty_v<recycling::none>);

@@ -38,7 +38,7 @@ TEST_CASE("a lease returns its connection on destruction", "[pool][lease]") {
     CHECK(server->connects == 1);
 }
 
-TEST_CASE("a moved lease returns once; release() returns early; an empty lease holds nothing", "[pool][lease]") {
+TEST_CASE("a moved lease returns once, release() returns early, an empty lease holds nothing", "[pool][lease]") {
     auto server = std::make_shared<fake_server>();
     auto pool = make(server);
     auto a = pool.acquire();
@@ -228,7 +228,7 @@ TEST_CASE("a pool destroyed while a thread waits: the waiter gets closed_error",
     CHECK(server->open() == 0);
 }
 
-TEST_CASE("a moved pool keeps working; the moved-from one owns nothing", "[pool]") {
+TEST_CASE("a moved pool keeps working, the moved-from one owns nothing", "[pool]") {
     auto server = std::make_shared<fake_server>();
     auto a = make(server, 2);
     auto l = a.acquire();

@@ -50,7 +50,7 @@ TEST_CASE("validation::probe replaces a dropped connection without a round trip"
     CHECK(pool.stats().size == 1);
 }
 
-TEST_CASE("validation::probe misses a silently dropped path; ping catches it", "[validation]") {
+TEST_CASE("validation::probe misses a silently dropped path, ping catches it", "[validation]") {
     auto s1 = std::make_shared<fake_server>();
     auto probing = make<validation::probe>(s1);
     CHECK(after_death(probing, *s1, true)->silently_dead);

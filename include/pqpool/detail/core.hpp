@@ -405,11 +405,15 @@ private:
         leave(lock);
     }
 
-    // The caller holds a permit (counted in opening_): open a connection.
-    lease_type open_reserved(time_point deadline) {
+    // The caller holds a permit (counted in opening_): open a connection. Each
+    // attempt is bounded by the connector's own connect timeout, not by the
+    // acquire's wait: a wait shorter than a handshake must not make the pool
+    // unable to connect. `retry_until` only decides whether another attempt
+    // may start after a failure.
+    lease_type open_reserved(time_point retry_until) {
         info* c;
         try {
-            c = open(deadline);
+            c = open(retry_until);
         } catch (const connect_error&) {
             std::unique_lock lock(mutex_);
             --opening_;
@@ -448,11 +452,11 @@ private:
 
     // A new connection's record lives on the heap until it is closed, so that
     // the idle stack, waiters and leases pass a pointer, never a copy.
-    info* open(time_point deadline) {
+    info* open(time_point retry_until) {
         for (unsigned failures = 0;;) {
             try {
                 auto c = std::make_unique<info>();
-                c->handle = connector_.connect(deadline);
+                c->handle = connector_.connect(time_point::max());
                 c->generation = fork_.generation();
                 c->uses = 1;
                 if constexpr (timed) c->born = c->last_used = coarse_now<clock>();
@@ -464,7 +468,7 @@ private:
                 if (!e.transient()) throw;
                 const auto delay = retry_.next_delay(++failures);
                 if (!delay) throw;
-                if (saturating_add(clock::now(), *delay) >= deadline) throw;
+                if (saturating_add(clock::now(), *delay) >= retry_until) throw;
                 observer_.on_event(event::retry);
                 sleep_for<clock>(*delay);
             }
