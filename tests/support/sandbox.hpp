@@ -58,6 +58,13 @@ public:
                " password=" + password + " sslmode=require";
     }
     std::string password() const { return var("PQPOOL_TEST_PASSWORD"); }
+    // PgBouncer 1.18 in transaction mode in front of the server (`pg-sandbox start
+    // --pgbouncer`): plain TCP (it has no client certificate), trust auth, and only
+    // the database and user its pgbouncer.ini names.
+    std::string pgbouncer() const {
+        return "host=127.0.0.1 port=" + var("PQPOOL_TEST_PGBOUNCER_PORT") +
+               " dbname=pqpool user=pqpool sslmode=disable";
+    }
 
     // Runs `scripts/pg-sandbox ctl --state FILE <what>` (start, stop, restart).
     void ctl(const std::string& what) const {

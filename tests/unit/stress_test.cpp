@@ -23,19 +23,25 @@ using fixed_pool = null_pool<overflow::fixed>;
 
 // Starts `n` threads that each acquire once, in a known arrival order: thread i
 // is queued before thread i + 1 starts. Each records its index while it holds
-// the connection, then runs `then` (still holding it).
+// the connection, then runs `then` (still holding it). A failed acquire is
+// recorded as -1.
 template <class Pool, class Then>
 std::vector<std::thread> queue_waiters(Pool& pool, int n, std::mutex& m, std::vector<int>& order, Then then) {
     std::vector<std::thread> waiters;
     const std::size_t already = pool.stats().waiting;
     for (int i = 0; i < n; ++i) {
         waiters.emplace_back([&pool, &m, &order, then, i] {
-            auto l = pool.acquire();
-            {
+            try {
+                auto l = pool.acquire();
+                {
+                    std::lock_guard lock(m);
+                    order.push_back(i);
+                }
+                then(i);
+            } catch (...) {
                 std::lock_guard lock(m);
-                order.push_back(i);
+                order.push_back(-1);
             }
-            then(i);
         });
         while (pool.stats().waiting != already + static_cast<std::size_t>(i + 1)) std::this_thread::yield();
     }
@@ -64,13 +70,17 @@ TEST_CASE("no barging: a holder that re-acquires right after releasing queues be
             auto waiters = queue_waiters(pool, n, m, order, [](int) {});
             held.release();
             held = pool.acquire(); // the barging attempt: straight back in, before waiter 0 has even woken
+            std::vector<int> served_before_barger;
             {
                 std::lock_guard lock(m);
-                CHECK(order == iota(n)); // every waiter was served, in arrival order, before the barger
+                served_before_barger = order;
             }
+            held.release(); // before joining: a pool that let the barger in must fail here, not hang
             for (auto& w : waiters) w.join();
+            CHECK(served_before_barger == iota(n)); // every waiter, in arrival order, before the barger
+            CHECK(order == iota(n));
             CHECK(pool.stats() ==
-                  pool_stats{.size = 1, .idle = 0, .in_use = 1, .opening = 0, .overflow = 0, .waiting = 0});
+                  pool_stats{.size = 1, .idle = 1, .in_use = 0, .opening = 0, .overflow = 0, .waiting = 0});
         }
     }
 
@@ -90,11 +100,14 @@ TEST_CASE("no barging: a holder that re-acquires right after releasing queues be
         checked.set_value();
         CHECK_FALSE(barged);
         auto again = pool.acquire(); // queued behind waiters 1..7
+        std::vector<int> served_before_barger;
         {
             std::lock_guard lock(m);
-            CHECK(order == iota(n));
+            served_before_barger = order;
         }
+        again.release();
         for (auto& w : waiters) w.join();
+        CHECK(served_before_barger == iota(n));
     }
 
     CHECK(s->connects == 1); // one connection, passed hand to hand
@@ -104,9 +117,8 @@ TEST_CASE("no barging: a holder that re-acquires right after releasing queues be
 TEST_CASE("a slow connect does not delay a caller that can take an idle connection", "[stress][pool]") {
     auto s = std::make_shared<fake_server>();
     fixed_pool pool{fake_connector<>{s}, overflow::fixed{.size = 2, .wait = 30s}};
-    fake_connection* idle_one = nullptr;
     auto held = pool.acquire(); // opened fast; the slow connect comes next
-    idle_one = held.get();
+    fake_connection* const idle_one = held.get();
     s->connect_delay = 1s; // set before the slow thread starts (thread creation orders it)
 
     std::atomic<bool> fast_done{false};
