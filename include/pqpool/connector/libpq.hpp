@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <climits>
@@ -158,6 +159,23 @@ inline std::string quote_conninfo_value(std::string_view v) {
     return out += '\'';
 }
 
+// A FATAL or PANIC that the server sends to an idle connection (57P01 when the
+// backend is terminated, 57P05 on idle_session_timeout, a shutdown) reaches
+// libpq's notice receiver as soon as the input is parsed, while the socket may
+// stay open for milliseconds more. probe() parses what arrived and asks this
+// receiver, installed on every connection the connector opens, whether it saw
+// one. Every notice is then handed on to libpq's default receiver (which
+// ignores its argument), so the application's notice processor still sees it.
+inline thread_local bool fatal_notice_seen = false;
+inline std::atomic<PQnoticeReceiver> default_notice_receiver{nullptr};
+
+inline void watch_for_fatal(void* arg, const PGresult* res) {
+    const char* severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    if (severity && (std::strcmp(severity, "FATAL") == 0 || std::strcmp(severity, "PANIC") == 0))
+        fatal_notice_seen = true;
+    if (PQnoticeReceiver next = default_notice_receiver.load(std::memory_order_relaxed)) next(arg, res);
+}
+
 } // namespace detail
 
 /// The real connector: opens `PGconn*` connections to one server (or one list
@@ -222,10 +240,13 @@ public:
     /// ParameterStatus) is read into libpq's buffer, left there for the
     /// application, and does not count as death; a server that terminated the
     /// backend (57P01) or closed the connection, over TLS or not, does.
-    /// A server whose FATAL has arrived but whose close has not yet is seen
-    /// as alive until the close arrives (the next probe, or the first query,
-    /// sees it). Cost: one `poll()` syscall; when data is waiting, one read
-    /// and one more `poll()`.
+    /// A FATAL the server sent before closing (57P01, 57P05) counts as death
+    /// as soon as it has arrived, before the close: the connector installs a
+    /// notice receiver on each connection that notices it and hands every
+    /// notice on to libpq's default one (an application that installs its own
+    /// receiver on a leased connection turns this early detection off for that
+    /// connection; the close is still seen). Cost: one `poll()` syscall; when
+    /// data is waiting, one read, a parse and one more `poll()`.
     bool probe(handle h) const noexcept;
 
     /// Was the connection lost (`PQstatus` is `CONNECTION_BAD`)? Costs nothing:
@@ -593,6 +614,9 @@ inline libpq_connector::handle libpq_connector::connect(clock::time_point deadli
         st = PQconnectPoll(c.get());
     }
     PQsetErrorVerbosity(c.get(), PQERRORS_DEFAULT);
+    if (PQnoticeReceiver previous = PQsetNoticeReceiver(c.get(), &detail::watch_for_fatal, nullptr);
+        previous && previous != &detail::watch_for_fatal)
+        detail::default_notice_receiver.store(previous, std::memory_order_relaxed);
     run_setup(c.get(), deadline);
     return c.release();
 }
@@ -617,7 +641,8 @@ inline bool libpq_connector::probe(handle h) const noexcept {
     if (!h || PQstatus(h) != CONNECTION_OK || PQtransactionStatus(h) != PQTRANS_IDLE) return false;
     const int fd = PQsocket(h);
     if (fd < 0) return false;
-    for (int round = 0;; ++round) {
+    // A few rounds at most: a steady stream of notifications must not keep us here.
+    for (int round = 0; round < 3; ++round) {
         pollfd p{fd, static_cast<short>(POLLIN | detail::poll_rdhup), 0};
         int n;
         do n = ::poll(&p, 1, 0);
@@ -627,14 +652,16 @@ inline bool libpq_connector::probe(handle h) const noexcept {
         if (n < 0) return false;
         if (n == 0) return true;
         if (p.revents & (detail::poll_rdhup | POLLHUP | POLLERR | POLLNVAL)) return false;
-        // Data arrived again after we read: more notifications, a live server.
-        if (round > 0) return true;
-        // Plain POLLIN: a NOTIFY, ParameterStatus or notice, or (over TLS,
-        // or before the FIN arrives) the first sign of a close. Read it into
-        // libpq's buffer without parsing, so the application still gets its
-        // notifications; EOF or a TLS close_notify turns the status BAD here.
-        if (!PQconsumeInput(h) || PQstatus(h) != CONNECTION_OK) return false;
+        // Plain POLLIN: a NOTIFY, ParameterStatus or notice, or the server's
+        // last words (a FATAL, a TLS close_notify) before it closes. Read and
+        // parse it: EOF or a close_notify turns the status BAD, a FATAL reaches
+        // the notice receiver; notifications stay queued for the application.
+        if (!PQconsumeInput(h)) return false;
+        detail::fatal_notice_seen = false;
+        (void)PQisBusy(h); // parses the input
+        if (detail::fatal_notice_seen || PQstatus(h) != CONNECTION_OK) return false;
     }
+    return true;
 }
 
 inline bool libpq_connector::ping(handle h, clock::time_point deadline) const noexcept {
