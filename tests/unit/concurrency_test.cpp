@@ -3,6 +3,10 @@
 #include "catch.hpp"
 #include "test_pool.hpp"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
 #include <thread>
 #include <vector>
 
@@ -43,3 +47,24 @@ TEST_CASE("concurrency::mutex: many threads, every cycle served, nothing lost", 
     CHECK(static_cast<int>(st.size) == s->open());
     CHECK(s->misuse == 0);
 }
+
+#ifndef NDEBUG
+TEST_CASE("concurrency::single_thread: in debug builds, use from a second thread aborts", "[concurrency]") {
+    // Run in a child process: the assertion aborts it.
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        ::alarm(10);
+        auto s = std::make_shared<fake_server>();
+        null_pool<overflow::fixed, concurrency::single_thread> pool{fake_connector<>{s}, overflow::fixed{.size = 2}};
+        { auto first = pool.acquire(); } // this thread owns the pool now
+        std::thread other([&] { auto l = pool.acquire(); });
+        other.join();
+        ::_exit(0); // not reached when the assertion works
+    }
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    CHECK(WIFSIGNALED(status));
+    CHECK(WTERMSIG(status) == SIGABRT);
+}
+#endif
