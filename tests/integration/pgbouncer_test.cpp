@@ -6,6 +6,7 @@
 // deterministically.
 
 #include "catch.hpp"
+#include "pg.hpp"
 #include "sandbox.hpp"
 
 #include <pqpool/pqpool.hpp>
@@ -25,6 +26,7 @@
 using namespace pqpool;
 using namespace std::chrono_literals;
 using test::sandbox;
+using test::unique_name;
 
 namespace {
 
@@ -72,11 +74,6 @@ struct connection {
     connection& operator=(const connection&) = delete;
     ~connection() { PQfinish(c); }
 };
-
-std::string unique_name(const char* prefix) {
-    static std::mt19937_64 rng{std::random_device{}()};
-    return std::string(prefix) + "_" + std::to_string(rng() % 1000000000);
-}
 
 // PgBouncer's admin console: how many of its clients carry this application_name.
 int pgbouncer_clients_named(const std::string& app) {

@@ -4,6 +4,7 @@
 // leases that outlive the pool, and fork() with TLS connections.
 
 #include "catch.hpp"
+#include "pg.hpp"
 #include "sandbox.hpp"
 
 #include <pqpool/pqpool.hpp>
@@ -21,43 +22,13 @@
 
 using namespace pqpool;
 using namespace std::chrono_literals;
+using test::admin;
+using test::named;
+using test::query;
 using test::sandbox;
+using test::unique_name;
 
 namespace {
-
-std::string query(PGconn* c, const std::string& sql) {
-    PGresult* r = PQexec(c, sql.c_str());
-    const auto status = PQresultStatus(r);
-    if (status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK) {
-        std::string msg = PQresultErrorMessage(r);
-        PQclear(r);
-        throw std::runtime_error("query failed: " + sql + ": " + msg);
-    }
-    std::string v = status == PGRES_TUPLES_OK && PQntuples(r) > 0 ? PQgetvalue(r, 0, 0) : "";
-    PQclear(r);
-    return v;
-}
-
-// A connection of our own to ask the server about the pool's connections.
-struct admin {
-    PGconn* c;
-    admin() : c(PQconnectdb(sandbox::get().tls().c_str())) {
-        if (PQstatus(c) != CONNECTION_OK) throw std::runtime_error(PQerrorMessage(c));
-    }
-    ~admin() { PQfinish(c); }
-    int backends_named(const std::string& app) {
-        return std::stoi(query(c, "SELECT count(*) FROM pg_stat_activity WHERE application_name = '" + app + "'"));
-    }
-};
-
-std::string unique_name(const char* prefix) {
-    static std::mt19937_64 rng{std::random_device{}()};
-    return std::string(prefix) + "-" + std::to_string(rng() % 1000000000);
-}
-
-libpq_connector named(const std::string& conninfo, const std::string& app) {
-    return libpq_connector{conninfo, {.setup = {"SET application_name = '" + app + "'"}}};
-}
 
 // A loopback port nothing listens on.
 int closed_port() {

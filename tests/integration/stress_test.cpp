@@ -4,6 +4,7 @@
 // iterations and time.
 
 #include "catch.hpp"
+#include "pg.hpp"
 #include "sandbox.hpp"
 
 #include <pqpool/pqpool.hpp>
@@ -20,51 +21,12 @@
 
 using namespace pqpool;
 using namespace std::chrono_literals;
+using test::admin;
+using test::query;
 using test::sandbox;
+using test::unique_name;
 
 namespace {
-
-std::string query(PGconn* c, const std::string& sql) {
-    PGresult* r = PQexec(c, sql.c_str());
-    const auto status = PQresultStatus(r);
-    if (status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK) {
-        std::string msg = PQresultErrorMessage(r);
-        PQclear(r);
-        throw std::runtime_error("query failed: " + sql + ": " + msg);
-    }
-    std::string v = status == PGRES_TUPLES_OK && PQntuples(r) > 0 ? PQgetvalue(r, 0, 0) : "";
-    PQclear(r);
-    return v;
-}
-
-// A connection of our own, outside the pool, to ask the server.
-struct admin {
-    PGconn* c;
-    admin() : c(PQconnectdb(sandbox::get().tls().c_str())) {
-        if (PQstatus(c) != CONNECTION_OK) throw std::runtime_error(PQerrorMessage(c));
-    }
-    admin(const admin&) = delete;
-    admin& operator=(const admin&) = delete;
-    ~admin() { PQfinish(c); }
-    int backends_named(const std::string& app) {
-        return std::stoi(query(c, "SELECT count(*) FROM pg_stat_activity WHERE application_name = '" + app + "'"));
-    }
-    // The server drops a closed backend from pg_stat_activity a moment after
-    // the client's Terminate: poll (bounded) until it shows `expected`.
-    int settled_count(const std::string& app, int expected) {
-        int n = backends_named(app);
-        for (int i = 0; i < 250 && n != expected; ++i) {
-            std::this_thread::sleep_for(20ms);
-            n = backends_named(app);
-        }
-        return n;
-    }
-};
-
-std::string unique_name(const char* prefix) {
-    static std::mt19937_64 rng{std::random_device{}()};
-    return std::string(prefix) + "-" + std::to_string(rng() % 1000000000);
-}
 
 using stress_pool = pool<overflow::bounded>; // the production defaults for everything else
 
@@ -109,9 +71,7 @@ void hammer(stress_pool& p, int threads, int cycles, outcome& out) {
     for (auto& w : workers) w.join();
 }
 
-libpq_connector named(const std::string& app) {
-    return libpq_connector{sandbox::get().tls(), {.setup = {"SET application_name = '" + app + "'"}}};
-}
+libpq_connector named(const std::string& app) { return test::named(sandbox::get().tls(), app); }
 
 } // namespace
 
