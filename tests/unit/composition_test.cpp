@@ -49,7 +49,7 @@ using validation_policies = std::tuple<validation::none, validation::probe, vali
 using recycling_policies = std::tuple<recycling::none, recycling::limits>;
 using overflow_policies = std::tuple<overflow::fixed, overflow::bounded, overflow::fail_fast, overflow::pass_through>;
 using retry_policies = std::tuple<retry::none, retry::exponential_backoff>;
-using fork_policies = std::tuple<fork_safety::none, fork_safety::detect>;
+using fork_policies = std::tuple<fork_safety::none, fork_safety::detect, fork_safety::check_pid>;
 using concurrency_policies = std::tuple<concurrency::mutex, concurrency::single_thread>;
 using observability_policies = std::tuple<observability::none, observability::counters>;
 

@@ -34,9 +34,10 @@ int in_child(F child) {
 }
 } // namespace
 
-TEST_CASE("fork_safety::detect: a child abandons inherited connections and starts afresh", "[fork_safety]") {
+TEMPLATE_TEST_CASE("a child abandons inherited connections and starts afresh", "[fork_safety]", fork_safety::detect,
+                   fork_safety::check_pid) {
     auto s = std::make_shared<fake_server>();
-    using p = fake_pool<validation::none, recycling::none, overflow::fixed, fork_safety::detect, observability::counters>;
+    using p = fake_pool<validation::none, recycling::none, overflow::fixed, TestType, observability::counters>;
     p pool{fake_connector<>{s}, overflow::fixed{.size = 4}};
     {
         auto a = pool.acquire(), b = pool.acquire();

@@ -7,6 +7,7 @@
 /// |----------|----------------------------|
 /// | `none`   | nothing                    |
 /// | `detect` | one relaxed atomic load (default) |
+/// | `check_pid` | one `getpid()` syscall (tens of ns; more on a VM) |
 ///
 /// With `detect`, a `pthread_atfork` child handler bumps a process-wide
 /// generation. A pool that sees a new generation *abandons* every connection
@@ -14,10 +15,12 @@
 /// connection is freed, so not one byte (no Terminate message, no TLS
 /// close_notify) reaches the parent's session. The child's pool starts afresh,
 /// a lease held across the fork fails on use in the child and does no I/O when
-/// destroyed, and the parent's pool is untouched. A child that forks through
-/// `vfork` or a raw `clone` runs no atfork handler and is not detected.
+/// destroyed, and the parent's pool is untouched. A child made by `vfork` or a
+/// raw `clone` runs no atfork handler and is not detected by `detect`; use
+/// `check_pid` there.
 
 #include <pthread.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <concepts>
@@ -74,6 +77,16 @@ struct detect {
     static constexpr bool detects = true;
     detect() noexcept { detail::install_fork_handler(); }
     std::uint64_t generation() const noexcept { return detail::fork_generation.load(std::memory_order_relaxed); }
+};
+
+/// Detects a new process by its pid, for code that creates processes without
+/// running `pthread_atfork` handlers (a raw `clone`, some sandboxes). Costs one
+/// `getpid()` syscall per acquire, release and `lease::get()` (glibc no longer
+/// caches the pid): prefer `detect` where `fork()` is used.
+struct check_pid {
+    using category = fork_safety_tag;
+    static constexpr bool detects = true;
+    std::uint64_t generation() const noexcept { return static_cast<std::uint64_t>(::getpid()); }
 };
 
 /// What `pqpool::pool<>` uses when no fork-safety policy is named.
