@@ -1,0 +1,81 @@
+// N acquire+release cycles on one thread, for one named arm, with no timing of
+// its own: scripts/bench runs it under callgrind for two values of N and
+// divides the difference in instructions by the difference in N, which
+// cancels start-up and tear-down. Deterministic evidence for "zero runtime
+// indirection": instructions per cycle of pqpool against the hand-written pool.
+//
+//   pqpool_bench_cycle_count ARM N      ARM: handwritten | null | null+single_thread | production
+
+#include "baseline_pool.hpp"
+#include "bench_connector.hpp"
+
+#include <pqpool/basic_pool.hpp>
+
+#include <charconv>
+#include <cstdio>
+#include <cstring>
+#include <string_view>
+
+using namespace pqpool;
+using namespace std::chrono_literals;
+
+namespace {
+
+template <class... Options>
+using bench_pool = typename detail::select<bench::null_connector, Options...>::type;
+
+using null_mutex_pool =
+    bench_pool<validation::none, recycling::none, overflow::fixed, retry::none, fork_safety::none>;
+using null_single_pool = bench_pool<validation::none, recycling::none, overflow::fixed, retry::none,
+                                    fork_safety::none, concurrency::single_thread>;
+using production_pool = bench_pool<overflow::fixed>; // pool<>'s defaults, fixed size 1
+
+// Keeps the compiler from dropping or merging the cycles.
+template <class T>
+inline void keep(T const& v) {
+    asm volatile("" : : "r,m"(v) : "memory");
+}
+
+void handwritten(unsigned long n) {
+    bench::handwritten_pool<bench::null_connection*> pool{1, [] { return new bench::null_connection{}; }};
+    for (unsigned long i = 0; i < n; ++i) {
+        auto* h = pool.acquire();
+        keep(h);
+        pool.release(h);
+    }
+    for (auto* h : pool.handles()) delete h;
+}
+
+template <class Pool>
+void pqpool_cycle(unsigned long n) {
+    Pool pool{bench::null_connector{}, overflow::fixed{.size = 1, .wait = 30s}};
+    { auto warm = pool.acquire(); } // open the connection before counting
+    for (unsigned long i = 0; i < n; ++i) {
+        auto lease = pool.acquire();
+        keep(lease.get());
+    }
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    unsigned long n = 0;
+    if (argc != 3 || std::from_chars(argv[2], argv[2] + std::strlen(argv[2]), n).ec != std::errc{}) {
+        std::fprintf(stderr, "usage: %s handwritten|null|null+single_thread|production N\n", argv[0]);
+        return 2;
+    }
+    std::string_view arm = argv[1];
+    if (arm == "handwritten")
+        handwritten(n);
+    else if (arm == "null")
+        pqpool_cycle<null_mutex_pool>(n);
+    else if (arm == "null+single_thread")
+        pqpool_cycle<null_single_pool>(n);
+    else if (arm == "production")
+        pqpool_cycle<production_pool>(n);
+    else {
+        std::fprintf(stderr, "%s: unknown arm '%s'\n", argv[0], argv[1]);
+        return 2;
+    }
+    return 0;
+}
