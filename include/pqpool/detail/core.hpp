@@ -94,6 +94,13 @@ public:
         } else {
             mutex_.unlock();
         }
+        return acquire_slow(timeout);
+    }
+
+    // Everything but the fast path: waiting, connecting, replacing a
+    // connection that failed validation. Kept out of line so that the fast
+    // path stays small enough to inline into the caller.
+    [[gnu::noinline]] lease_type acquire_slow(std::chrono::milliseconds timeout) {
         std::optional<time_point> deadline; // read the clock only if we must wait or connect
         const auto get_deadline = [&] {
             if (!deadline) deadline = saturating_add(clock::now(), timeout);
@@ -178,8 +185,28 @@ public:
         const time_point now = timed ? coarse_now<clock>() : time_point{};
         const bool keep = !broken && recycling_.keep_on_release(connector_, *c, now);
         if constexpr (timed) c->last_used = now;
+        // The fast path: back on the idle stack, nobody waiting, nothing to trim.
         mutex_.lock();
-        if (keep && !closed_) [[likely]] {
+        if (keep && !closed_ && head_ == nullptr && idle_.size() < overflow_.keep_idle() &&
+            idle_.size() < idle_.capacity()) [[likely]] {
+            if constexpr (Recycling::uses_clock) {
+                if (!idle_.empty() && !recycling_.keep_idle(*idle_.front(), now, idle_.size() + 1)) [[unlikely]] {
+                    release_slow(c, keep, now);
+                    return;
+                }
+            }
+            idle_.push_back(c); // within capacity: cannot throw
+            --in_use_;
+            mutex_.unlock();
+            return;
+        }
+        release_slow(c, keep, now);
+    }
+
+    // Called with the lock held: hand-off to a waiter, growing the idle
+    // stack, trimming, or closing.
+    [[gnu::noinline]] void release_slow(info* c, bool keep, [[maybe_unused]] time_point now) noexcept {
+        if (keep && !closed_) {
             if (waiter* w = head_) {
                 unlink(w); // the connection passes to the waiter; in_use_ is unchanged
                 w->conn = c;
@@ -188,11 +215,11 @@ public:
                 mutex_.unlock();
                 return;
             }
-            if (idle_.size() < overflow_.keep_idle() && push_idle(c)) [[likely]] {
+            if (idle_.size() < overflow_.keep_idle() && push_idle(c)) {
                 --in_use_;
                 if constexpr (Recycling::uses_clock) {
                     // Lazy idle trimming: one look at the connection idle the longest.
-                    if (!recycling_.keep_idle(*idle_.front(), now, idle_.size())) [[unlikely]] {
+                    if (!recycling_.keep_idle(*idle_.front(), now, idle_.size())) {
                         info* oldest = idle_.front();
                         idle_.erase(idle_.begin());
                         ++in_use_; // counted until closed
@@ -386,12 +413,16 @@ private:
                 ++c->uses;
                 return true;
             }
-            observer_.on_event(event::validation_failed);
+            discard(c, event::validation_failed);
         } else {
-            observer_.on_event(event::retired);
+            discard(c, event::retired);
         }
-        close_held(c);
         return false;
+    }
+
+    [[gnu::noinline]] void discard(info* c, event why) noexcept {
+        observer_.on_event(why);
+        close_held(c);
     }
 
     // Closes a connection counted in in_use_ (outside the lock), then frees its
