@@ -442,6 +442,12 @@ TEST_CASE("libpq_connector: bad connection strings are config errors without the
             CHECK(msg.find("hunter2") == std::string::npos);
         }
     }
+    SECTION("a directory given as sslcert is refused, and an existing file is accepted") {
+        CHECK_THROWS_WITH((libpq_connector{"host=x sslmode=require sslcert=/tmp"}),
+                          Catch::Contains("sslcert") && Catch::Contains("is a directory"));
+        CHECK_NOTHROW((libpq_connector{"host=x sslmode=verify-full sslrootcert=" +
+                                       sbx().var("PQPOOL_TEST_SSLROOTCERT")}));
+    }
     SECTION("the description never holds the password") {
         const libpq_connector c{"postgresql://u:hunter2@h:5433/db?sslmode=require"};
         CHECK(c.description() == "host=h port=5433 dbname=db user=u");

@@ -16,6 +16,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -25,7 +26,6 @@
 #include <climits>
 #include <cstddef>
 #include <cstring>
-#include <filesystem>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -400,15 +400,19 @@ inline void libpq_connector::check_file(const std::string& keyword) const {
     if (!path) return;
     // libpq 16 and later read "system" as the system's trust store.
     if (keyword == "sslrootcert" && *path == "system") return;
-    std::error_code ec;
-    const auto st = std::filesystem::status(*path, ec);
-    if (st.type() == std::filesystem::file_type::not_found) {
-        // "engine:key-id" names a key held by an OpenSSL engine, not a file.
-        if (keyword == "sslkey" && path->find(':') != std::string::npos) return;
-        fail_config("pqpool: " + keyword + " file \"" + *path + "\" does not exist");
-    }
-    if (st.type() == std::filesystem::file_type::directory)
+    // stat(), not std::filesystem: <filesystem> alone costs every user's
+    // translation unit more compile time than the rest of pqpool.
+    struct stat st {};
+    if (::stat(path->c_str(), &st) != 0) {
+        if (errno == ENOENT || errno == ENOTDIR) {
+            // "engine:key-id" names a key held by an OpenSSL engine, not a file.
+            if (keyword == "sslkey" && path->find(':') != std::string::npos) return;
+            fail_config("pqpool: " + keyword + " file \"" + *path + "\" does not exist");
+        }
+        // Other errors (permissions) are reported by the open() below.
+    } else if (S_ISDIR(st.st_mode)) {
         fail_config("pqpool: " + keyword + " \"" + *path + "\" is a directory, not a file");
+    }
     const int fd = ::open(path->c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         const int e = errno;
