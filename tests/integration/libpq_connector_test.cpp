@@ -6,6 +6,7 @@
 // and abandon() after fork() leaving the parent's session intact.
 
 #include "catch.hpp"
+#include "pg.hpp"
 #include "sandbox.hpp"
 
 #include <pqpool/connector/libpq.hpp>
@@ -35,6 +36,7 @@ using pqpool::config_error;
 using pqpool::connect_error;
 using pqpool::libpq_connector;
 using pqpool::libpq_options;
+using pqpool::test::query;
 using pqpool::test::sandbox;
 using clock_type = libpq_connector::clock;
 
@@ -54,15 +56,6 @@ struct admin_conn {
     admin_conn(const admin_conn&) = delete;
     admin_conn& operator=(const admin_conn&) = delete;
 };
-
-// The first value of the first row, or throws with the server's message.
-std::string scalar(PGconn* c, const std::string& sql) {
-    std::unique_ptr<PGresult, decltype(&PQclear)> r{PQexec(c, sql.c_str()), &PQclear};
-    const auto st = PQresultStatus(r.get());
-    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
-        throw std::runtime_error(sql + ": " + PQresultErrorMessage(r.get()) + PQerrorMessage(c));
-    return st == PGRES_TUPLES_OK && PQntuples(r.get()) > 0 ? PQgetvalue(r.get(), 0, 0) : "";
-}
 
 bool exec_ok(PGconn* c, const std::string& sql) {
     std::unique_ptr<PGresult, decltype(&PQclear)> r{PQexec(c, sql.c_str()), &PQclear};
@@ -200,7 +193,7 @@ std::string local_conninfo(int port) {
 // (pg_terminate_backend with a timeout waits for the process to exit).
 void terminate_backend(PGconn* h) {
     admin_conn admin;
-    REQUIRE(scalar(admin.c, "SELECT pg_terminate_backend(" + std::to_string(PQbackendPID(h)) + ", 5000)") == "t");
+    REQUIRE(query(admin.c, "SELECT pg_terminate_backend(" + std::to_string(PQbackendPID(h)) + ", 5000)") == "t");
 }
 
 // Polls probe() until it says dead, up to 5 s; returns how long that took.
@@ -235,7 +228,7 @@ TEST_CASE("libpq_connector: connects over TLS, verify-full, plain TCP and the Un
         REQUIRE(h.h != nullptr);
         CHECK(PQstatus(h.h) == CONNECTION_OK);
         CHECK(PQtransactionStatus(h.h) == PQTRANS_IDLE);
-        CHECK(scalar(h.h, "SELECT 1") == "1");
+        CHECK(query(h.h, "SELECT 1") == "1");
         CHECK(PQsslInUse(h.h) == t.ssl_in_use);
     }
 }
@@ -250,7 +243,7 @@ TEST_CASE("libpq_connector: the password role, right and wrong, key=value and UR
             CHECK(c.description().find(right) == std::string::npos);
             CHECK(c.description().find("user=" + sbx().var("PQPOOL_TEST_PASSWORD_USER")) != std::string::npos);
             scoped h{c, c.connect(in(10s))};
-            CHECK(scalar(h.h, "SELECT current_user") == sbx().var("PQPOOL_TEST_PASSWORD_USER"));
+            CHECK(query(h.h, "SELECT current_user") == sbx().var("PQPOOL_TEST_PASSWORD_USER"));
             CHECK(PQsslInUse(h.h) == 1);
         }
     }
@@ -387,8 +380,8 @@ TEST_CASE("libpq_connector: setup statements run on every new connection", "[int
     const libpq_connector c{sbx().tls(), o};
     for (int i = 0; i < 2; ++i) {
         scoped h{c, c.connect(in(10s))};
-        CHECK(scalar(h.h, "SHOW search_path") == "pg_catalog, public");
-        CHECK(scalar(h.h, "SHOW application_name") == "pqpool-test");
+        CHECK(query(h.h, "SHOW search_path") == "pg_catalog, public");
+        CHECK(query(h.h, "SHOW application_name") == "pqpool-test");
         CHECK(PQtransactionStatus(h.h) == PQTRANS_IDLE);
     }
 }
@@ -462,7 +455,7 @@ TEST_CASE("libpq_connector: probe", "[integration][libpq]") {
         SECTION(std::string("a fresh connection is alive: ") + t.name) {
             scoped h{c, c.connect(in(10s))};
             CHECK(c.probe(h.h));
-            CHECK(scalar(h.h, "SELECT 1") == "1");
+            CHECK(query(h.h, "SELECT 1") == "1");
             CHECK(c.probe(h.h));
         }
         SECTION(std::string("a pending NOTIFY is not death, and stays for the application: ") + t.name) {
@@ -503,7 +496,7 @@ TEST_CASE("libpq_connector: ping", "[integration][libpq]") {
         CHECK(c.ping(h.h, in(5s)));
         CHECK(c.ping(h.h, in(5s)));
         CHECK(PQtransactionStatus(h.h) == PQTRANS_IDLE);
-        CHECK(scalar(h.h, "SELECT 2") == "2");
+        CHECK(query(h.h, "SELECT 2") == "2");
 
         // No time left: false, and nothing was sent, so the connection is still clean.
         CHECK_FALSE(c.ping(h.h, clock_type::now()));
@@ -562,7 +555,7 @@ TEST_CASE("libpq_connector: reset", "[integration][libpq]") {
         REQUIRE(PQtransactionStatus(h.h) == PQTRANS_INTRANS);
         CHECK(c.reset(h.h, false));
         CHECK(PQtransactionStatus(h.h) == PQTRANS_IDLE);
-        CHECK(scalar(h.h, "SELECT count(*) FROM pqpool_reset_t") == "0");
+        CHECK(query(h.h, "SELECT count(*) FROM pqpool_reset_t") == "0");
     }
     SECTION("in a failed transaction: rolled back") {
         scoped h{c, c.connect(in(10s))};
@@ -571,7 +564,7 @@ TEST_CASE("libpq_connector: reset", "[integration][libpq]") {
         REQUIRE(PQtransactionStatus(h.h) == PQTRANS_INERROR);
         CHECK(c.reset(h.h, false));
         CHECK(PQtransactionStatus(h.h) == PQTRANS_IDLE);
-        CHECK(scalar(h.h, "SELECT 1") == "1");
+        CHECK(query(h.h, "SELECT 1") == "1");
     }
     SECTION("a command still running: false") {
         scoped h{c, c.connect(in(10s))};
@@ -591,8 +584,8 @@ TEST_CASE("libpq_connector: reset", "[integration][libpq]") {
         REQUIRE(exec_ok(h.h, "BEGIN"));
         CHECK(c.reset(h.h, true));
         CHECK(PQtransactionStatus(h.h) == PQTRANS_IDLE);
-        CHECK(scalar(h.h, "SELECT to_regclass('pg_temp.pqpool_reset_d') IS NULL") == "t");
-        CHECK(scalar(h.h, "SHOW application_name") != "dirty");
+        CHECK(query(h.h, "SELECT to_regclass('pg_temp.pqpool_reset_d') IS NULL") == "t");
+        CHECK(query(h.h, "SHOW application_name") != "dirty");
     }
     SECTION("a terminated backend: false") {
         scoped h{c, c.connect(in(10s))};
@@ -609,7 +602,7 @@ TEST_CASE("libpq_connector: abandon after fork leaves the parent's session intac
         for (const bool polite : {false, true}) {
             CAPTURE(polite);
             PGconn* h = c.connect(in(10s));
-            REQUIRE(scalar(h, "SELECT 1") == "1");
+            REQUIRE(query(h, "SELECT 1") == "1");
             REQUIRE(PQsslInUse(h) == t.ssl_in_use);
             std::fflush(nullptr); // nothing buffered for the child to print twice
             const pid_t pid = ::fork();

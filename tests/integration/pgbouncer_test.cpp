@@ -25,6 +25,7 @@
 
 using namespace pqpool;
 using namespace std::chrono_literals;
+using test::query;
 using test::sandbox;
 using test::unique_name;
 
@@ -36,14 +37,6 @@ struct result_deleter {
 using result = std::unique_ptr<PGresult, result_deleter>;
 
 result exec(PGconn* c, const std::string& sql) { return result{PQexec(c, sql.c_str())}; }
-
-std::string value(PGconn* c, const std::string& sql) {
-    result r = exec(c, sql);
-    const auto status = PQresultStatus(r.get());
-    if (status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK)
-        throw std::runtime_error("query failed: " + sql + ": " + PQresultErrorMessage(r.get()));
-    return status == PGRES_TUPLES_OK && PQntuples(r.get()) > 0 ? PQgetvalue(r.get(), 0, 0) : "";
-}
 
 // One parameter, one round trip (Parse/Bind/Execute/Sync with the unnamed
 // statement): safe behind transaction pooling.
@@ -104,16 +97,16 @@ int settled_clients(const std::string& app, int expected) {
 struct scratch_table {
     std::string name = unique_name("pqpool_pgbouncer");
     connection server{sandbox::get().tls()};
-    scratch_table() { value(server.c, "CREATE TABLE " + name + " (thread int, cycle int, backend int)"); }
+    scratch_table() { query(server.c, "CREATE TABLE " + name + " (thread int, cycle int, backend int)"); }
     scratch_table(const scratch_table&) = delete;
     scratch_table& operator=(const scratch_table&) = delete;
     ~scratch_table() {
         try {
-            value(server.c, "DROP TABLE IF EXISTS " + name);
+            query(server.c, "DROP TABLE IF EXISTS " + name);
         } catch (...) {
         }
     }
-    int rows() { return std::stoi(value(server.c, "SELECT count(*) FROM " + name)); }
+    int rows() { return std::stoi(query(server.c, "SELECT count(*) FROM " + name)); }
 };
 
 struct tally {
@@ -136,13 +129,13 @@ void run_load(Pool& p, const std::string& table, int threads, int cycles, tally&
                     auto conn = p.acquire();
                     PGconn* c = conn.get();
                     if (i % 2 == 0) {
-                        value(c, "BEGIN");
-                        const std::string pid = value(c, "SELECT pg_backend_pid()");
-                        value(c, "INSERT INTO " + table + " VALUES (" + std::to_string(t) + ", " +
+                        query(c, "BEGIN");
+                        const std::string pid = query(c, "SELECT pg_backend_pid()");
+                        query(c, "INSERT INTO " + table + " VALUES (" + std::to_string(t) + ", " +
                                      std::to_string(i) + ", pg_backend_pid())");
-                        if (value(c, "SELECT pg_backend_pid()") != pid)
+                        if (query(c, "SELECT pg_backend_pid()") != pid)
                             throw std::runtime_error("a transaction moved between server connections");
-                        value(c, "COMMIT");
+                        query(c, "COMMIT");
                         std::lock_guard lock(out.m);
                         out.backends.insert(pid);
                     } else if (value_with(c, "SELECT $1::int + 1", std::to_string(i)) != std::to_string(i + 1)) {
@@ -223,13 +216,13 @@ TEST_CASE("through PgBouncer 1.18: a protocol-level named prepared statement doe
     PGconn* c = lease.get();
 
     // Prepare inside a transaction, to learn which server backend has it.
-    value(c, "BEGIN");
+    query(c, "BEGIN");
     {
         result r{PQprepare(c, stmt.c_str(), "SELECT $1::int * 2", 1, nullptr)};
         REQUIRE(PQresultStatus(r.get()) == PGRES_COMMAND_OK);
     }
-    const std::string prepared_on = value(c, "SELECT pg_backend_pid()");
-    value(c, "COMMIT"); // PgBouncer takes that server connection back
+    const std::string prepared_on = query(c, "SELECT pg_backend_pid()");
+    query(c, "COMMIT"); // PgBouncer takes that server connection back
 
     // Other clients open transactions until one of them holds that backend
     // (PgBouncer reuses the last-released server connection first, so this is
@@ -238,8 +231,8 @@ TEST_CASE("through PgBouncer 1.18: a protocol-level named prepared statement doe
     PGconn* holder = nullptr;
     for (int i = 0; i < 15 && !holder; ++i) {
         auto& o = others.emplace_back(std::make_unique<connection>(sb.pgbouncer()));
-        value(o->c, "BEGIN");
-        if (value(o->c, "SELECT pg_backend_pid()") == prepared_on) holder = o->c;
+        query(o->c, "BEGIN");
+        if (query(o->c, "SELECT pg_backend_pid()") == prepared_on) holder = o->c;
     }
     REQUIRE(holder != nullptr);
 
@@ -251,21 +244,21 @@ TEST_CASE("through PgBouncer 1.18: a protocol-level named prepared statement doe
         CHECK(sqlstate(r.get()) == "26000"); // invalid_sql_statement_name: prepared statement does not exist
     }
     // ...while a client that never prepared it has it, and collides with it.
-    value(holder, "SAVEPOINT before_collision");
+    query(holder, "SAVEPOINT before_collision");
     {
         result r{PQprepare(holder, stmt.c_str(), "SELECT 1", 0, nullptr)};
         CHECK(PQresultStatus(r.get()) == PGRES_FATAL_ERROR);
         CHECK(sqlstate(r.get()) == "42P05"); // duplicate_prepared_statement
     }
     // Clean up the server connection PgBouncer hands to others next.
-    value(holder, "ROLLBACK TO SAVEPOINT before_collision");
-    value(holder, "DEALLOCATE " + stmt);
-    for (auto& o : others) value(o->c, "COMMIT");
+    query(holder, "ROLLBACK TO SAVEPOINT before_collision");
+    query(holder, "DEALLOCATE " + stmt);
+    for (auto& o : others) query(o->c, "COMMIT");
 
     // The safe forms work: one round trip with the unnamed statement, and a
     // named one prepared, used and deallocated inside a single transaction.
     CHECK(value_with(c, "SELECT $1::int * 2", "21") == "42");
-    value(c, "BEGIN");
+    query(c, "BEGIN");
     {
         result r{PQprepare(c, stmt.c_str(), "SELECT $1::int * 2", 1, nullptr)};
         CHECK(PQresultStatus(r.get()) == PGRES_COMMAND_OK);
@@ -274,6 +267,6 @@ TEST_CASE("through PgBouncer 1.18: a protocol-level named prepared statement doe
         REQUIRE(PQresultStatus(e.get()) == PGRES_TUPLES_OK);
         CHECK(std::string(PQgetvalue(e.get(), 0, 0)) == "42");
     }
-    value(c, "DEALLOCATE " + stmt);
-    value(c, "COMMIT");
+    query(c, "DEALLOCATE " + stmt);
+    query(c, "COMMIT");
 }

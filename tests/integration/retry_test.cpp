@@ -2,6 +2,7 @@
 // that stays down, a full connection limit, and work whose backend is killed.
 
 #include "catch.hpp"
+#include "pg.hpp"
 #include "sandbox.hpp"
 
 #include <pqpool/pqpool.hpp>
@@ -16,20 +17,12 @@
 
 using namespace pqpool;
 using namespace std::chrono_literals;
+using test::query;
 using test::sandbox;
 
 namespace {
 
 using retry_pool = pool<validation::probe, overflow::fixed, observability::counters>;
-
-std::string select1(PGconn* c) {
-    PGresult* r = PQexec(c, "SELECT 1");
-    const bool ok = PQresultStatus(r) == PGRES_TUPLES_OK;
-    std::string v = ok ? PQgetvalue(r, 0, 0) : "";
-    PQclear(r);
-    if (!ok) throw std::runtime_error(std::string("query failed: ") + PQerrorMessage(c));
-    return v;
-}
 
 // Stops the sandbox server now and starts it again when it goes out of scope,
 // whatever the test did, so later tests find it up.
@@ -66,7 +59,7 @@ TEST_CASE("the server stops and comes back 1 s later: every run() succeeds, atte
         for (int i = 0; i < 8; ++i)
             callers.emplace_back([&] {
                 try {
-                    if (p.run([](PGconn* c) { return select1(c); }) == "1") ++ok;
+                    if (p.run([](PGconn* c) { return query(c, "SELECT 1"); }) == "1") ++ok;
                 } catch (const std::exception& e) {
                     std::lock_guard lock(m);
                     errors.push_back(e.what());
@@ -97,7 +90,7 @@ TEST_CASE("a server that stays down: every caller fails after the retry budget, 
     for (int i = 0; i < 8; ++i)
         callers.emplace_back([&] {
             try {
-                p.run([](PGconn* c) { return select1(c); });
+                p.run([](PGconn* c) { return query(c, "SELECT 1"); });
             } catch (const connect_error& e) {
                 if (e.transient()) ++connect_errors;
             }
@@ -128,7 +121,7 @@ TEST_CASE("a full connection limit (53300) is retried with backoff until a slot 
     {
         retry_pool p{limited, overflow::fixed{.size = 1, .wait = 20s},
                      retry::exponential_backoff{.attempts = 30, .base = 50ms, .cap = 200ms}};
-        CHECK(select1(p.acquire().get()) == "1");
+        CHECK(query(p.acquire().get(), "SELECT 1") == "1");
         CHECK(p.observer().count(event::connect_failed) >= 1);
         CHECK(p.observer().count(event::retry) >= 1);
     }
@@ -149,7 +142,7 @@ TEST_CASE("run(): work whose backend is killed mid-way runs again on a fresh con
             PQclear(PQexec(c, "SELECT 1"));
             throw std::runtime_error(PQerrorMessage(c));
         }
-        return select1(c);
+        return query(c, "SELECT 1");
     });
     CHECK(calls == 2);
     CHECK(pid_seen == "1");

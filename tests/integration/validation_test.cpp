@@ -17,6 +17,7 @@
 // control has neither. A last case checks recycling::limits on its own.
 
 #include "catch.hpp"
+#include "pg.hpp"
 #include "sandbox.hpp"
 
 #include <pqpool/pqpool.hpp>
@@ -40,6 +41,7 @@
 using namespace pqpool;
 using namespace std::chrono_literals;
 using test::sandbox;
+using test::unique_name;
 
 namespace {
 
@@ -90,11 +92,6 @@ std::string query(PGconn* c, const std::string& sql) {
     exec_outcome o = exec(c, sql);
     if (o.status != exec_outcome::ok) throw std::runtime_error("query failed: " + sql + ": " + o.error_text);
     return o.value;
-}
-
-std::string unique_name(const char* prefix) {
-    static std::mt19937_64 rng{std::random_device{}()};
-    return std::string(prefix) + "_" + std::to_string(rng() % 1000000000);
 }
 
 std::string sql_list(const std::vector<std::string>& names) {

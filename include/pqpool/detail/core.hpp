@@ -18,8 +18,8 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
-#include <memory>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
