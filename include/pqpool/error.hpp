@@ -8,8 +8,10 @@
 
 #include <pqpool/stats.hpp>
 
+#include <memory>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 
 namespace pqpool {
@@ -27,16 +29,24 @@ public:
     using error::error;
 };
 
+class connect_error;
+
 /// `acquire` waited for its whole timeout and no connection became free.
+/// When connects were failing during the wait, the message says so and
+/// `last_connect_error()` holds the last failure (its SQLSTATE tells a wrong
+/// password from an unreachable server).
 class timeout_error : public error {
 public:
-    timeout_error(std::string what, pool_stats at_timeout)
-        : error(std::move(what)), stats_(at_timeout) {}
+    timeout_error(std::string what, pool_stats at_timeout, std::shared_ptr<const connect_error> cause = nullptr)
+        : error(std::move(what)), stats_(at_timeout), cause_(std::move(cause)) {}
     /// The pool's counts at the moment the wait gave up.
     const pool_stats& stats() const noexcept { return stats_; }
+    /// The last connect failure, when connects were failing; else null.
+    const connect_error* last_connect_error() const noexcept { return cause_.get(); }
 
 private:
     pool_stats stats_;
+    std::shared_ptr<const connect_error> cause_;
 };
 
 /// No connection could be had without waiting and the policy forbids waiting

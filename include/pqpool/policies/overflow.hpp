@@ -15,6 +15,7 @@
 /// served first come, first served; with `max_waiters`, a caller beyond that
 /// many waiters gets `exhausted_error` at once.
 
+#include <pqpool/detail/check.hpp>
 #include <pqpool/error.hpp>
 
 #include <chrono>
@@ -35,7 +36,7 @@ struct overflow_tag {};
 /// - `std::size_t keep_idle() const`: idle connections kept; one returned
 ///   beyond that is closed;
 /// - `std::chrono::milliseconds timeout() const`: how long `acquire` waits for
-///   a connection; zero means "never wait";
+///   a connection; zero means "never wait", `milliseconds::max()` "forever";
 /// - `std::size_t max_waiters() const`: callers allowed to wait at once.
 /// Laws: `max_size() >= 1`, `keep_idle() <= max_size()`. Optionally
 /// `void check() const` throws `config_error` for numbers out of range.
@@ -60,8 +61,8 @@ struct fixed {
     std::size_t waiters = unlimited;                                 ///< Callers allowed to wait at once.
 
     void check() const {
-        if (size == 0) throw config_error("pqpool: overflow::fixed: size must be at least 1");
-        if (wait.count() < 0) throw config_error("pqpool: overflow::fixed: wait must not be negative");
+        detail::check_at_least("overflow::fixed", "size", size, 1);
+        detail::check_non_negative("overflow::fixed", "wait", wait, "never wait");
     }
     std::size_t max_size() const noexcept { return size; }
     std::size_t keep_idle() const noexcept { return size; }
@@ -81,8 +82,10 @@ struct bounded {
 
     void check() const {
         if (size + max_overflow == 0 || size + max_overflow < size)
-            throw config_error("pqpool: overflow::bounded: size + max_overflow must be between 1 and SIZE_MAX");
-        if (wait.count() < 0) throw config_error("pqpool: overflow::bounded: wait must not be negative");
+            detail::fail_check("overflow::bounded", "size + max_overflow",
+                               std::to_string(size) + " + " + std::to_string(max_overflow),
+                               "between 1 and SIZE_MAX");
+        detail::check_non_negative("overflow::bounded", "wait", wait, "never wait");
     }
     std::size_t max_size() const noexcept { return size + max_overflow; }
     std::size_t keep_idle() const noexcept { return size; }
@@ -97,7 +100,7 @@ struct fail_fast {
     std::size_t size = 10; ///< Connections at most, all kept.
 
     void check() const {
-        if (size == 0) throw config_error("pqpool: overflow::fail_fast: size must be at least 1");
+        detail::check_at_least("overflow::fail_fast", "size", size, 1);
     }
     std::size_t max_size() const noexcept { return size; }
     std::size_t keep_idle() const noexcept { return size; }
@@ -115,8 +118,8 @@ struct pass_through {
     std::size_t waiters = unlimited;                                 ///< Callers allowed to wait at once.
 
     void check() const {
-        if (max_open == 0) throw config_error("pqpool: overflow::pass_through: max_open must be at least 1");
-        if (wait.count() < 0) throw config_error("pqpool: overflow::pass_through: wait must not be negative");
+        detail::check_at_least("overflow::pass_through", "max_open", max_open, 1);
+        detail::check_non_negative("overflow::pass_through", "wait", wait, "never wait");
     }
     std::size_t max_size() const noexcept { return max_open; }
     std::size_t keep_idle() const noexcept { return 0; }

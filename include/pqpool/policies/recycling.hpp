@@ -12,14 +12,19 @@
 /// "Coarse" is `CLOCK_MONOTONIC_COARSE`: a few nanoseconds, a resolution of a
 /// few milliseconds, ample for lifetimes and idle times.
 
+#include <pqpool/deadline.hpp>
 #include <pqpool/detail/archetype.hpp>
+#include <pqpool/detail/check.hpp>
 #include <pqpool/detail/random.hpp>
 #include <pqpool/error.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
+#include <string_view>
 
 namespace pqpool {
 
@@ -67,6 +72,7 @@ namespace recycling {
 struct none {
     using category = recycling_tag;
     static constexpr bool uses_clock = false;
+    void check() const noexcept {} // no numbers
     template <class Info, class TimePoint>
     void on_open(Info& info, TimePoint) const noexcept {
         info.expires = TimePoint::max();
@@ -111,10 +117,15 @@ struct limits {
     using category = recycling_tag;
     static constexpr bool uses_clock = true;
 
+    /// The jitter used when none is given.
+    static constexpr std::chrono::milliseconds default_jitter{std::chrono::minutes{1}};
+
     /// A connection retires after at most this long; zero means never.
+    /// `milliseconds::max()` (or 1000 years) saturates: never, in practice.
     std::chrono::milliseconds max_lifetime{std::chrono::minutes{30}};
-    /// How much earlier than `max_lifetime` it may retire (spread).
-    std::chrono::milliseconds jitter{std::chrono::minutes{1}};
+    /// How much earlier than `max_lifetime` it may retire (spread). Not given:
+    /// `default_jitter` (1 min), which then must not exceed `max_lifetime`.
+    std::optional<std::chrono::milliseconds> jitter{};
     /// A connection retires after this many leases; zero means no limit.
     std::uint64_t max_uses = 0;
     /// How a returned connection is cleaned.
@@ -123,16 +134,32 @@ struct limits {
     /// `min_idle` are idle); zero means never.
     std::chrono::milliseconds max_idle{std::chrono::minutes{10}};
     /// Idle trimming stops at this many idle connections; `maintain()` opens
-    /// connections up to this many.
+    /// connections up to this many. At most what the overflow policy keeps
+    /// idle (the pool's constructor checks).
     std::size_t min_idle = 0;
 
+    /// The jitter in effect.
+    std::chrono::milliseconds effective_jitter() const noexcept { return jitter.value_or(default_jitter); }
+
     void check() const {
-        if (max_lifetime.count() < 0 || jitter.count() < 0)
-            throw config_error("pqpool: recycling::limits: max_lifetime and jitter must not be negative");
-        if (max_idle.count() < 0) throw config_error("pqpool: recycling::limits: max_idle must not be negative");
-        if (max_lifetime.count() > 0 && jitter > max_lifetime)
-            throw config_error("pqpool: recycling::limits: jitter (" + std::to_string(jitter.count()) +
-                               " ms) exceeds max_lifetime (" + std::to_string(max_lifetime.count()) + " ms)");
+        constexpr std::string_view where = "recycling::limits";
+        detail::check_non_negative(where, "max_lifetime", max_lifetime, "never retire");
+        detail::check_non_negative(where, "max_idle", max_idle, "never trim");
+        if (jitter) {
+            detail::check_non_negative(where, "jitter", *jitter, "no spread");
+            if (max_lifetime.count() == 0 && jitter->count() > 0)
+                detail::fail_check(where, "jitter", detail::show_ms(*jitter),
+                                   "0 when max_lifetime is 0 (connections never retire, so there is nothing to "
+                                   "spread)");
+            if (max_lifetime.count() > 0 && *jitter > max_lifetime)
+                detail::fail_check(where, "jitter", detail::show_ms(*jitter),
+                                   "at most max_lifetime (" + detail::show_ms(max_lifetime) + ")");
+        } else if (max_lifetime.count() > 0 && default_jitter > max_lifetime) {
+            throw config_error("pqpool: recycling::limits: max_lifetime is " + detail::show_ms(max_lifetime) +
+                               ", shorter than the default jitter of 1 min (" + detail::show_ms(default_jitter) +
+                               "); give a jitter of at most max_lifetime, e.g. limits{.max_lifetime = ..., "
+                               ".jitter = max_lifetime / 10}");
+        }
     }
 
     template <class Info, class TimePoint>
@@ -141,9 +168,11 @@ struct limits {
             info.expires = TimePoint::max();
             return;
         }
-        using dur = typename TimePoint::duration;
-        const auto spread = std::chrono::duration_cast<dur>(jitter).count();
-        info.expires = now + std::chrono::duration_cast<dur>(max_lifetime) - dur{detail::random_up_to(spread)};
+        // In milliseconds, and saturating: a lifetime of 1000 years does not
+        // fit in nanoseconds and must mean "never", not wrap into the past.
+        const auto spread = std::min(effective_jitter(), max_lifetime);
+        info.expires = saturating_add(now, max_lifetime - std::chrono::milliseconds{detail::random_up_to(
+                                                              spread.count())});
     }
 
     template <class Info, class TimePoint>
@@ -161,7 +190,7 @@ struct limits {
     template <class Info, class TimePoint>
     bool keep_idle(const Info& info, TimePoint now, std::size_t idle) const noexcept {
         if (!keep_on_acquire(info, now)) return false;
-        return max_idle.count() == 0 || idle <= min_idle || now - info.last_used < max_idle;
+        return max_idle.count() == 0 || idle <= min_idle || shorter_than(now - info.last_used, max_idle);
     }
 
     std::size_t idle_floor() const noexcept { return min_idle; }

@@ -10,13 +10,16 @@
 /// never run past the acquire's deadline. Neither policy costs anything per
 /// acquire of an idle connection.
 
+#include <pqpool/detail/check.hpp>
 #include <pqpool/detail/random.hpp>
 #include <pqpool/error.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <concepts>
 #include <cstddef>
 #include <optional>
+#include <string_view>
 
 namespace pqpool {
 
@@ -48,6 +51,7 @@ namespace retry {
 /// One attempt; a failure reaches the caller. Connects are not limited.
 struct none {
     using category = retry_tag;
+    void check() const noexcept {} // no numbers
     std::optional<std::chrono::nanoseconds> next_delay(unsigned) const noexcept { return std::nullopt; }
     std::size_t max_connecting() const noexcept { return static_cast<std::size_t>(-1); }
 };
@@ -64,19 +68,22 @@ struct exponential_backoff {
     std::size_t connecting = 2;                              ///< Connects in flight at once, per pool.
 
     void check() const {
-        if (attempts == 0) throw config_error("pqpool: retry::exponential_backoff: attempts must be at least 1");
-        if (connecting == 0)
-            throw config_error("pqpool: retry::exponential_backoff: connecting must be at least 1");
-        if (base.count() < 0 || cap.count() < 0)
-            throw config_error("pqpool: retry::exponential_backoff: base and cap must not be negative");
+        constexpr std::string_view where = "retry::exponential_backoff";
+        detail::check_at_least(where, "attempts", attempts, 1);
+        detail::check_at_least(where, "connecting", connecting, 1);
+        detail::check_non_negative(where, "base", base, "retry at once");
+        detail::check_non_negative(where, "cap", cap, "retry at once");
     }
 
-    /// The upper bound of the delay after the n-th failure.
+    /// The upper bound of the delay after the n-th failure (saturating: a
+    /// huge cap never wraps).
     std::chrono::nanoseconds ceiling(unsigned failures) const noexcept {
-        const std::chrono::nanoseconds b = base, c = cap;
-        std::chrono::nanoseconds ceil = b;
-        for (unsigned i = 1; i < failures && ceil < c; ++i) ceil *= 2;
-        return ceil < c ? ceil : c;
+        using std::chrono::milliseconds;
+        constexpr auto most = std::chrono::duration_cast<milliseconds>(std::chrono::nanoseconds::max());
+        const milliseconds c = std::min(std::max(cap, milliseconds{0}), most);
+        milliseconds ceil = std::min(std::max(base, milliseconds{0}), c);
+        for (unsigned i = 1; i < failures && ceil < c; ++i) ceil = ceil > c / 2 ? c : ceil * 2;
+        return std::chrono::duration_cast<std::chrono::nanoseconds>(std::min(ceil, c));
     }
 
     std::size_t max_connecting() const noexcept { return connecting; }
