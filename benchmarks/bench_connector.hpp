@@ -17,7 +17,10 @@ struct null_connector {
     using category = connector_tag;
     using handle = null_connection*;
     using clock = std::chrono::steady_clock;
-    handle connect(clock::time_point) { return new null_connection{}; }
+    struct attempt {};
+    handle continue_connect(attempt&, clock::time_point) { return new null_connection{}; }
+    void cancel_connect(attempt&) noexcept {}
+    void abandon_connect(attempt&) noexcept {}
     void close(handle h) noexcept { delete h; }
     void abandon(handle h) noexcept { delete h; }
     bool probe(handle h) noexcept { return h != nullptr; }

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <concepts>
 #include <optional>
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -72,8 +73,14 @@ void check_policy(const P& p) {
 /// Destroying the pool closes its idle connections and wakes every waiter
 /// with `closed_error`; leases still out stay valid and their connections are
 /// closed when they are returned (the pool's internals live until the last
-/// lease is back). Destroying it while another thread is *entering* a member
-/// function is, as for any object, undefined.
+/// lease is back). A thread already inside `acquire`, `acquire_for`,
+/// `try_acquire`, `run` or `maintain` when the pool is destroyed finishes
+/// safely: it gets `closed_error` (or, from `run`, what its work returned).
+/// Destroying it while another thread is *entering* a member function is, as
+/// for any object, undefined.
+///
+/// A moved-from pool is empty: `valid()` is false, `close()` does nothing and
+/// every other member throws `closed_error`.
 template <class Connector, class Validation, class Recycling, class Overflow, class Retry, class ForkSafety,
           class Concurrency, class Observability>
 class basic_pool {
@@ -106,6 +113,8 @@ public:
     basic_pool(const basic_pool&) = delete;
     basic_pool& operator=(const basic_pool&) = delete;
     basic_pool(basic_pool&& other) noexcept : core_(std::exchange(other.core_, nullptr)) {}
+    /// Leaves the other pool empty (`valid()` false); the pool assigned to is
+    /// closed as if destroyed.
     basic_pool& operator=(basic_pool&& other) noexcept {
         if (this != &other) {
             if (core_) core_->shutdown();
@@ -117,21 +126,50 @@ public:
         if (core_) core_->shutdown();
     }
 
-    /// Borrows a connection, waiting up to the overflow policy's timeout.
-    /// Throws `timeout_error`, `exhausted_error` (when the policy forbids
-    /// waiting), `connect_error` (when opening one failed after retries) or
-    /// `closed_error`.
-    /// Complexity: with null policies, one lock and a vector pop.
-    lease acquire() { return core_->acquire(core_->overflow().timeout()); }
+    /// Is this pool usable (not moved from)? Closing does not change it.
+    bool valid() const noexcept { return core_ != nullptr; }
 
-    /// As `acquire()`, waiting at most `timeout` (zero: never wait).
-    lease acquire_for(std::chrono::milliseconds timeout) { return core_->acquire(timeout); }
+    /// Borrows a connection, waiting up to the overflow policy's timeout.
+    ///
+    /// Returns or throws within that wait plus a small margin (the time to
+    /// close connections it gave up on and to take the lock; a few
+    /// milliseconds), whatever happens inside: validation round trips,
+    /// connects and retries it starts get only the time it has left. A
+    /// connect that cannot finish in that time is not lost: it stays with the
+    /// pool and the next caller (or `maintain()`) goes on with it, so callers
+    /// with short waits still warm a cold pool up. The exception is a host
+    /// name lookup inside libpq, which blocks (give `hostaddr` to avoid it).
+    ///
+    /// Throws `timeout_error` (carrying the last connect failure when connects
+    /// were failing), `exhausted_error` (when the policy forbids waiting),
+    /// `connect_error` (when opening one failed after retries and no
+    /// connection in use could come back), `closed_error` (closed, destroyed
+    /// meanwhile, or moved from).
+    /// Complexity: with null policies, one lock and a vector pop.
+    lease acquire() {
+        if (!core_) [[unlikely]]
+            throw_moved_from();
+        return core_->acquire(core_->overflow().timeout());
+    }
+
+    /// As `acquire()`, waiting at most `timeout` (zero: never wait for
+    /// another caller; `milliseconds::max()`: forever). Throws `config_error`
+    /// for a negative `timeout`.
+    lease acquire_for(std::chrono::milliseconds timeout) {
+        if (!core_ || timeout.count() < 0) [[unlikely]]
+            bad_acquire_for(timeout);
+        return core_->acquire(timeout);
+    }
 
     /// Borrows a connection without waiting for another caller to return one:
     /// takes an idle one, or opens one when the overflow policy allows, else
     /// gives no value. Opening is still I/O, bounded by the connector's
-    /// connect timeout. Throws `connect_error` or `closed_error`.
-    std::optional<lease> try_acquire() { return core_->try_acquire(); }
+    /// connect timeout and the retry policy's budget (not by a wait). Throws
+    /// `connect_error` or `closed_error`.
+    std::optional<lease> try_acquire() {
+        if (!core_) throw_moved_from();
+        return core_->try_acquire();
+    }
 
     /// Runs `work(handle)` on a connection from the pool and returns what it
     /// returns. When the connection was lost during the work (the connector
@@ -147,29 +185,58 @@ public:
     template <class F>
         requires std::invocable<F&, handle>
     std::invoke_result_t<F&, handle> run(F&& work) {
+        if (!core_) throw_moved_from();
         return core_->run(work);
     }
 
     /// Closes the idle connections, wakes waiters with `closed_error`, and
     /// makes later acquires throw it. Leases out stay valid; their connections
-    /// are closed on return. Idempotent.
-    void close() noexcept { core_->close(); }
+    /// are closed on return. Idempotent; does nothing on a moved-from pool.
+    void close() noexcept {
+        if (core_) core_->close();
+    }
 
     /// Does now what recycling otherwise does lazily on the next release:
     /// closes idle connections that have idled too long (above the policy's
-    /// floor) or expired, then opens connections up to the floor. For programs
-    /// that go quiet: call it from a timer. Throws what opening throws.
-    maintenance_report maintain() { return core_->maintain(); }
+    /// floor) or expired, then opens connections up to the floor (and goes on
+    /// with connects that callers left unfinished), leaving them idle. For
+    /// programs that go quiet, or whose callers all use short waits: call it
+    /// from a timer. Bounded: at most one connect attempt per missing
+    /// connection and per unfinished connect, each bounded by the connector's
+    /// connect timeout; it never sleeps a retry backoff (a connect that must
+    /// back off is left for the next call). Throws what opening throws.
+    maintenance_report maintain() {
+        if (!core_) throw_moved_from();
+        return core_->maintain();
+    }
 
     /// A consistent snapshot of the pool's counts.
-    pool_stats stats() const { return core_->stats(); }
+    pool_stats stats() const {
+        if (!core_) throw_moved_from();
+        return core_->stats();
+    }
 
     /// The observability policy object (e.g. `observability::counters`).
-    const Observability& observer() const noexcept { return core_->observer(); }
+    const Observability& observer() const {
+        if (!core_) throw_moved_from();
+        return core_->observer();
+    }
     /// The connector.
-    const Connector& connector() const noexcept { return core_->connector(); }
+    const Connector& connector() const {
+        if (!core_) throw_moved_from();
+        return core_->connector();
+    }
 
 private:
+    [[noreturn, gnu::noinline]] static void throw_moved_from() {
+        throw closed_error("pqpool: this pool was moved from; it holds no connections");
+    }
+    [[noreturn, gnu::noinline]] void bad_acquire_for(std::chrono::milliseconds timeout) const {
+        if (!core_) throw_moved_from();
+        throw config_error("pqpool: acquire_for: the wait is " + std::to_string(timeout.count()) +
+                           " ms; it must be 0 (do not wait) or more (milliseconds::max() waits forever)");
+    }
+
     template <class... Policies>
     static core_type* make_core(Connector&& c, const Policies&... policies) {
         static_assert(((std::is_same_v<Policies, Validation> || std::is_same_v<Policies, Recycling> ||
@@ -191,6 +258,15 @@ private:
         detail::check_policy(o);
         detail::check_policy(rt);
         detail::check_policy(f);
+        // Connections that maintain() opens up to the floor must be allowed
+        // to stay idle, or each would be closed as soon as it came back.
+        if (r.idle_floor() > o.keep_idle())
+            throw config_error("pqpool: the recycling policy's idle floor (min_idle = " +
+                               std::to_string(r.idle_floor()) + ") is more than the overflow policy keeps idle (" +
+                               std::to_string(o.keep_idle()) +
+                               (o.keep_idle() == 0 ? ", none: it closes every connection on release"
+                                                   : ": its size") +
+                               "); lower min_idle to at most " + std::to_string(o.keep_idle()));
         return new core_type(std::move(c), std::move(v), std::move(r), std::move(o), std::move(rt), std::move(f),
                              std::move(ob));
     }

@@ -16,6 +16,8 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace pqpool::test {
@@ -67,9 +69,12 @@ struct fake_server {
     std::mutex m;
     std::vector<std::unique_ptr<fake_connection>> connections;
     std::deque<fault> faults; // consumed by connect attempts, in order
-    std::chrono::milliseconds connect_delay{0}; // real sleep per connect
+    std::chrono::milliseconds connect_delay{0}; // how long a connect takes (real time; manual time is advanced)
+    std::chrono::milliseconds ping_delay{0};    // how long a ping's answer takes (real clock only)
     int connects = 0, attempts = 0, closes = 0, abandons = 0, resets = 0, misuse = 0;
-    int in_flight = 0, max_in_flight = 0; // connects under way at once
+    std::atomic<int> started{0}; // connect attempts begun (atomic: tests wait for it)
+    int cancelled = 0, abandoned_attempts = 0; // connect attempts given up, dropped after fork
+    int in_flight = 0, max_in_flight = 0; // connects under way at once (parked ones included)
     std::atomic<int> probes{0}, pings{0};
 
     int open() {
@@ -100,33 +105,63 @@ public:
 
     fake_server& server() const { return *server_; }
 
-    handle connect(typename Clock::time_point) {
-        {
+    // A connect in progress: its outcome is drawn when it starts (the next
+    // queued fault), and it completes `connect_delay` later (real time).
+    struct attempt {
+        bool started = false;
+        typename Clock::time_point ready_at{};
+        fault outcome{};
+    };
+
+    handle continue_connect(attempt& a, typename Clock::time_point deadline) {
+        if (!a.started) {
             std::lock_guard lock(server_->m);
             server_->max_in_flight = std::max(server_->max_in_flight, ++server_->in_flight);
+            ++server_->started;
+            a.started = true;
+            a.ready_at = Clock::now() + std::chrono::duration_cast<typename Clock::duration>(server_->connect_delay);
+            if (!server_->faults.empty()) {
+                a.outcome = server_->faults.front();
+                server_->faults.pop_front();
+            }
         }
-        if (server_->connect_delay.count() > 0) std::this_thread::sleep_for(server_->connect_delay);
+        if (Clock::now() < a.ready_at) {
+            const auto until = std::min(a.ready_at, deadline);
+            if constexpr (std::is_same_v<Clock, manual_clock>) {
+                if (until > Clock::now()) Clock::sleep_for(until - Clock::now());
+            } else {
+                std::this_thread::sleep_until(until);
+            }
+            if (Clock::now() < a.ready_at) return nullptr; // the caller's deadline came first
+        }
+        const fault f = std::exchange(a, attempt{}).outcome;
         std::lock_guard lock(server_->m);
         --server_->in_flight;
         ++server_->attempts;
-        if (!server_->faults.empty()) {
-            fault f = server_->faults.front();
-            server_->faults.pop_front();
-            switch (f.kind) {
-            case fault::transient:
-                throw connect_error("fake: server unreachable", f.sqlstate, true);
-            case fault::permanent:
-                throw connect_error("fake: authentication failed", f.sqlstate.empty() ? "28P01" : f.sqlstate,
-                                    false);
-            case fault::other: throw std::runtime_error("fake: connector threw something else");
-            case fault::none: break;
-            }
+        switch (f.kind) {
+        case fault::transient: throw connect_error("fake: server unreachable", f.sqlstate, true);
+        case fault::permanent:
+            throw connect_error("fake: authentication failed", f.sqlstate.empty() ? "28P01" : f.sqlstate, false);
+        case fault::other: throw std::runtime_error("fake: connector threw something else");
+        case fault::none: break;
         }
         ++server_->connects;
         auto c = std::make_unique<fake_connection>();
         c->id = static_cast<int>(server_->connections.size());
         server_->connections.push_back(std::move(c));
         return server_->connections.back().get();
+    }
+    void cancel_connect(attempt& a) noexcept {
+        if (!std::exchange(a, attempt{}).started) return;
+        std::lock_guard lock(server_->m);
+        --server_->in_flight;
+        ++server_->cancelled;
+    }
+    void abandon_connect(attempt& a) noexcept {
+        if (!std::exchange(a, attempt{}).started) return;
+        std::lock_guard lock(server_->m);
+        --server_->in_flight;
+        ++server_->abandoned_attempts;
     }
     void close(handle h) noexcept {
         std::lock_guard lock(server_->m);
@@ -150,8 +185,16 @@ public:
         std::lock_guard lock(server_->m);
         return !h->alive;
     }
-    bool ping(handle h, typename Clock::time_point) noexcept {
+    bool ping(handle h, typename Clock::time_point deadline) noexcept {
         ++server_->pings;
+        if constexpr (!std::is_same_v<Clock, manual_clock>) {
+            // A slow (or frozen) path: the answer takes ping_delay; the caller waits until its deadline at most.
+            if (const auto delay = server_->ping_delay; delay.count() > 0) {
+                const auto answer_at = Clock::now() + delay;
+                std::this_thread::sleep_until(std::min(answer_at, deadline));
+                if (Clock::now() < answer_at) return false;
+            }
+        }
         std::lock_guard lock(server_->m);
         if (h->closed || h->abandoned) ++server_->misuse;
         return h->alive && !h->silently_dead;

@@ -16,7 +16,10 @@ struct archetype_connector {
     struct connection;
     using handle = connection*;
     using clock = std::chrono::steady_clock;
-    handle connect(clock::time_point);
+    struct attempt {};
+    handle continue_connect(attempt&, clock::time_point);
+    void cancel_connect(attempt&) noexcept;
+    void abandon_connect(attempt&) noexcept;
     void close(handle) noexcept;
     void abandon(handle) noexcept;
     bool probe(handle) noexcept;

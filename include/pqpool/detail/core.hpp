@@ -2,10 +2,26 @@
 
 // The pool's state and algorithms. basic_pool is a handle to one heap-allocated
 // pool_core so that leases may outlive the pool: the core deletes itself when
-// the pool is gone and the last lease, waiter or connect has left it. That
-// costs nothing on the hot path: it reuses the counts stats() needs anyway.
+// the pool is gone and nobody is left inside it.
+//
+// Who keeps the core alive, counted under its lock (leave() deletes it when all
+// are zero and the pool object is gone):
+// - in_use_: connections held by leases (or by a caller validating them);
+// - opening_: connect chains, driven by a caller or parked between callers;
+// - pins_: threads inside a slow operation (acquire's slow path, try_acquire,
+//   run, maintain). A thread takes its pin in the same locked section as its
+//   first look at the pool and drops it last, so no path can drop the last
+//   count and then touch *this: only the outermost step of a call may leave().
+// - inherited_: leases taken before a fork, still out in a child.
+//
+// A connect in progress lives in a `chain`: the connector's resumable attempt
+// plus its retry state. A caller whose wait ends mid-connect parks the chain
+// for the next caller (or hands it to the first waiter) instead of throwing the
+// handshake away, so callers with short waits still warm a cold pool up, and
+// no caller ever waits past its deadline for a connect.
 
 #include <pqpool/connection_info.hpp>
+#include <pqpool/deadline.hpp>
 #include <pqpool/detail/clock.hpp>
 #include <pqpool/error.hpp>
 #include <pqpool/lease.hpp>
@@ -30,20 +46,16 @@
 
 namespace pqpool::detail {
 
+// A manual clock in unit tests advances instead of sleeping.
+template <class Clock>
+inline constexpr bool sleeps_itself = requires { Clock::sleep_for(std::chrono::nanoseconds{}); };
+
 template <class Clock, class Duration>
 void sleep_for(Duration d) {
-    if constexpr (requires { Clock::sleep_for(d); })
-        Clock::sleep_for(d); // a manual clock in unit tests advances instead of sleeping
+    if constexpr (sleeps_itself<Clock>)
+        Clock::sleep_for(d);
     else
         std::this_thread::sleep_for(d);
-}
-
-template <class TimePoint, class Duration>
-TimePoint saturating_add(TimePoint t, Duration d) noexcept {
-    using dur = typename TimePoint::duration;
-    if (d.count() <= 0) return t;
-    if (std::chrono::duration_cast<dur>(d) >= TimePoint::max() - t) return TimePoint::max();
-    return t + std::chrono::duration_cast<dur>(d);
 }
 
 inline std::string describe(const pool_stats& s) {
@@ -61,6 +73,7 @@ public:
     using handle = typename Connector::handle;
     using info = connection_info<handle, time_point>;
     using lease_type = pqpool::lease<pool_core>;
+    using deadline_type = pqpool::deadline<clock>;
     static constexpr bool fork_detects = ForkSafety::detects;
 
     pool_core(Connector c, Validation v, Recycling r, Overflow o, Retry rt, ForkSafety f, Observability ob)
@@ -89,45 +102,70 @@ public:
             idle_.pop_back();
             ++in_use_;
             mutex_.unlock();
-            if (hand_out(c)) [[likely]]
+            deadline_type until{timeout};
+            if (hand_out(c, until, false)) [[likely]]
                 return lease_type(this, c);
-        } else {
-            mutex_.unlock();
+            return acquire_slow(until, true); // hand_out left this thread pinned, and first in line
         }
-        return acquire_slow(timeout);
+        ++pins_; // in the same locked section as the look: the pool may be destroyed from now on
+        mutex_.unlock();
+        deadline_type until{timeout};
+        return acquire_slow(until, false);
     }
 
     // Everything but the fast path: waiting, connecting, replacing a
     // connection that failed validation. Kept out of line so that the fast
-    // path stays small enough to inline into the caller.
-    [[gnu::noinline]] lease_type acquire_slow(std::chrono::milliseconds timeout) {
-        std::optional<time_point> deadline; // read the clock only if we must wait or connect
-        const auto get_deadline = [&] {
-            if (!deadline) deadline = saturating_add(clock::now(), timeout);
-            return *deadline;
-        };
+    // path stays small enough to inline into the caller. The caller holds a
+    // pin, which this adopts.
+    [[gnu::noinline]] lease_type acquire_slow(deadline_type& until, bool first) {
+        pin_guard pin(*this, pin_guard::adopt);
+        bool may_connect = true;
         for (;;) {
-            grant g = take<true>(timeout, get_deadline);
+            grant g = take<true>(until, first, may_connect);
+            first = true; // served once: from now on this caller goes first
             if (g.kind == grant::connection) {
-                if (hand_out(g.conn)) [[likely]]
-                    return lease_type(this, g.conn);
+                if (hand_out(g.conn, until, true)) return lease_type(this, g.conn);
                 continue;
             }
-            return open_reserved(timeout.count() > 0 ? get_deadline() : time_point::max());
+            drive_result r = drive(g.ch, until, backoff::wait_in_line);
+            switch (r.kind) {
+            case drive_result::fresh: return settle_as_lease(r.conn);
+            case drive_result::handed:
+                if (hand_out(r.conn, until, true)) return lease_type(this, r.conn);
+                continue;
+            case drive_result::parked: {
+                std::unique_lock lock(mutex_);
+                if (closed_) throw closed_error("pqpool: the pool was closed while connecting");
+                throw_timeout(lock, until.wait());
+            }
+            case drive_result::failed:
+                // This caller's connects spent their budget. If no connection
+                // could come back, that error is everybody's; otherwise it
+                // waits for a returned connection until its wait ends.
+                if (r.rethrow || until.wait().count() <= 0) std::rethrow_exception(r.error);
+                may_connect = false;
+                continue;
+            }
         }
     }
 
     std::optional<lease_type> try_acquire() {
         check_fork();
-        const auto no_deadline = [] { return time_point::max(); };
+        pin_guard pin(*this, pin_guard::take);
+        deadline_type never = deadline_type::never();
+        bool first = false;
         for (;;) {
-            grant g = take<false>(std::chrono::milliseconds{0}, no_deadline);
+            grant g = take<false>(never, first, true);
             if (g.kind == grant::nothing) return std::nullopt;
+            first = true;
             if (g.kind == grant::connection) {
-                if (hand_out(g.conn)) return lease_type(this, g.conn);
+                if (hand_out(g.conn, never, true)) return lease_type(this, g.conn);
                 continue;
             }
-            return open_reserved(time_point::max());
+            drive_result r = drive(g.ch, never, backoff::sleep);
+            if (r.kind == drive_result::fresh) return settle_as_lease(r.conn);
+            if (r.kind == drive_result::failed) std::rethrow_exception(r.error);
+            return std::nullopt; // parked: cannot happen without a deadline
         }
     }
 
@@ -136,6 +174,8 @@ public:
     template <class F>
     std::invoke_result_t<F&, handle> run(F& work) {
         using result = std::invoke_result_t<F&, handle>;
+        check_fork();
+        pin_guard pin(*this, pin_guard::take); // the lease may be the last count; this call goes on after it
         for (unsigned failures = 0;;) {
             lease_type l = acquire(overflow_.timeout());
             const handle h = l.get();
@@ -208,10 +248,7 @@ public:
     [[gnu::noinline]] void release_slow(info* c, bool keep, [[maybe_unused]] time_point now) noexcept {
         if (keep && !closed_) {
             if (waiter* w = head_) {
-                unlink(w); // the connection passes to the waiter; in_use_ is unchanged
-                w->conn = c;
-                w->state = waiter::got_connection;
-                w->cv.notify_one();
+                serve(w, waiter::got_connection, c); // the connection passes on; in_use_ is unchanged
                 mutex_.unlock();
                 return;
             }
@@ -238,11 +275,13 @@ public:
         close_held(c);
     }
 
-    // Trims idle connections (idle too long above the floor, or expired), then
-    // opens connections up to the recycling policy's floor. Returns how many
-    // it closed and opened. Throws what opening throws.
+    // Trims idle connections (idle too long above the policy's floor, or
+    // expired), then opens connections up to the floor and leaves them idle.
+    // Bounded: at most `idle_floor()` connect attempts per call, none of them
+    // waiting out a retry backoff (a chain in backoff is parked for later).
     maintenance_report maintain() {
         check_fork();
+        pin_guard pin(*this, pin_guard::take);
         maintenance_report report;
         if constexpr (Recycling::uses_clock) {
             std::vector<info*> stale;
@@ -261,39 +300,63 @@ public:
             }
             for (info* c : stale) {
                 observer_.on_event(event::retired);
-                close_held(c);
+                close_counted(c);
             }
             report.closed = stale.size();
         }
-        for (;;) {
+        deadline_type never = deadline_type::never();
+        const std::size_t floor = recycling_.idle_floor();
+        std::size_t budget;
+        {
+            std::lock_guard lock(mutex_);
+            budget = floor + parked_count_; // bounded work: a chain parked by a caller, or one per missing connection
+        }
+        for (std::size_t i = 0; i < budget; ++i) {
+            chain* ch = nullptr;
             {
                 std::lock_guard lock(mutex_);
-                if (closed_ || head_ != nullptr || size() >= recycling_.idle_floor() || !may_open()) return report;
-                ++opening_;
+                if (closed_ || head_ != nullptr) break;
+                if (!(ch = pop_parked())) {
+                    if (size() >= floor || !may_open()) break;
+                    ++opening_;
+                }
             }
-            lease_type fresh = open_reserved(saturating_add(clock::now(), overflow_.timeout()));
-            ++report.opened;
-        } // `fresh` returns to the pool here
+            drive_result r = drive(ch, never, backoff::give_up);
+            if (r.kind == drive_result::fresh) {
+                settle_as_idle(r.conn);
+                ++report.opened;
+            } else if (r.kind == drive_result::failed) {
+                std::rethrow_exception(r.error);
+            } else {
+                break; // parked in a backoff: a later call goes on with it
+            }
+        }
+        return report;
     }
 
     void close() noexcept {
         check_fork();
         std::vector<info*> idle;
+        chain* parked = nullptr;
         {
             std::lock_guard lock(mutex_);
             if (closed_) return;
             closed_ = true;
             idle.swap(idle_);
-            // Each waiter leaves on its own (decrementing waiting_), after it wakes.
-            while (waiter* w = head_) {
-                unlink(w);
-                w->state = waiter::closed;
-                w->cv.notify_one();
-            }
+            parked = std::exchange(parked_, nullptr);
+            opening_ -= parked_count_;
+            parked_count_ = 0;
+            // Each waiter leaves on its own after it wakes (it holds a pin).
+            while (waiter* w = head_) serve(w, waiter::closed);
         }
         for (info* c : idle) {
             connector_.close(c->handle);
             delete c;
+        }
+        while (chain* ch = parked) {
+            parked = ch->next;
+            connector_.cancel_connect(ch->attempt);
+            delete ch;
         }
     }
 
@@ -322,11 +385,24 @@ public:
 private:
     static constexpr bool timed = Validation::uses_clock || Recycling::uses_clock;
 
+    // A connect in progress and its retry state; counted in opening_ from the
+    // grant of its permit until it ends.
+    struct chain {
+        typename Connector::attempt attempt{};
+        std::unique_ptr<info> record = std::make_unique<info>(); // the connection's, once open
+        unsigned failures = 0;    // consecutive failed attempts
+        time_point not_before{};  // the next attempt waits until then (backoff)
+        chain* next = nullptr;    // in parked_
+    };
+
     struct waiter {
-        enum state_t : unsigned char { waiting, got_connection, got_permit, failed, closed };
+        enum state_t : unsigned char { waiting, got_connection, got_chain, failed, closed };
         typename Concurrency::condition_type cv;
         state_t state = waiting;
+        bool accepts_chain = true; // false: waits only for a returned connection
+        bool holds_chain = false;  // waits out the backoff of a chain it drives
         info* conn = nullptr;
+        chain* ch = nullptr; // with got_chain; null for a fresh permit
         std::exception_ptr error;
         waiter* prev = nullptr;
         waiter* next = nullptr;
@@ -335,25 +411,68 @@ private:
     struct grant {
         enum kind_t : unsigned char { nothing, connection, permit } kind = nothing;
         info* conn = nullptr;
+        chain* ch = nullptr; // with permit: a parked chain to go on with, or null for a new one
     };
 
-    // Under the lock: an idle connection, a permit to open one, or a wait in
-    // line. First come, first served: while anyone waits, a newcomer queues
-    // too (waiters exist only when nothing is idle and no slot is free).
-    template <bool MayWait, class GetDeadline>
-    grant take(std::chrono::milliseconds timeout, const GetDeadline& get_deadline) {
+    struct drive_result {
+        enum kind_t : unsigned char {
+            fresh,  // a new connection (still counted in opening_: settle it)
+            handed, // a returned connection reached the caller while it waited out a backoff
+            parked, // the caller's deadline came first; the chain waits for the next caller
+            failed, // the chain ended with `error`
+        } kind;
+        info* conn = nullptr;
+        std::exception_ptr error{};
+        // With failed: rethrow at once, because no connection in use or idle
+        // could come back to the caller, or because the error is not a
+        // connect failure (a bug, out of memory) and waiting would hide it.
+        bool rethrow = false;
+    };
+
+    enum class backoff { wait_in_line, sleep, give_up };
+
+    // A thread inside a slow operation: the core stays alive until it leaves.
+    // On the way out it also passes on a slot it may have kept for itself.
+    struct pin_guard {
+        enum mode_t { adopt, take };
+        pool_core& core;
+        pin_guard(pool_core& c, mode_t mode) : core(c) {
+            if (mode == take) {
+                std::lock_guard lock(core.mutex_);
+                ++core.pins_;
+            }
+        }
+        pin_guard(const pin_guard&) = delete;
+        pin_guard& operator=(const pin_guard&) = delete;
+        ~pin_guard() {
+            std::unique_lock lock(core.mutex_);
+            --core.pins_;
+            core.pass_permit();
+            core.leave(lock);
+        }
+    };
+
+    // Under the lock: an idle connection, a chain (parked, or a fresh permit),
+    // or a wait in line. First come, first served: while anyone waits, a
+    // newcomer queues too; a caller served once before (`first`) goes ahead.
+    // Without `may_connect` the caller waits only for a returned connection.
+    template <bool MayWait>
+    grant take(deadline_type& until, bool first, bool may_connect) {
         std::unique_lock lock(mutex_);
         if (closed_) throw closed_error("pqpool: the pool is closed");
-        if (head_ == nullptr) {
+        if (head_ == nullptr || first) {
             if (!idle_.empty()) {
                 grant g{grant::connection, idle_.back()};
                 idle_.pop_back();
                 ++in_use_;
                 return g;
             }
-            if (may_open()) {
-                ++opening_;
-                return grant{grant::permit, nullptr};
+            if (may_connect) {
+                if (chain* ch = pop_parked()) return grant{grant::permit, nullptr, ch};
+                if (may_open()) {
+                    ++opening_;
+                    return grant{grant::permit};
+                }
             }
         }
         if constexpr (!MayWait) {
@@ -362,37 +481,58 @@ private:
             if constexpr (!Concurrency::can_wait) {
                 throw_exhausted(lock, "a single_thread pool never waits");
             } else {
-                if (timeout.count() <= 0) throw_exhausted(lock, "the overflow policy does not wait");
-                if (waiting_ >= overflow_.max_waiters()) throw_exhausted(lock, "the waiter queue is full");
-                const time_point deadline = get_deadline();
+                if (until.wait().count() <= 0)
+                    throw_exhausted(lock, until.wait() == overflow_.timeout() ? "the overflow policy does not wait"
+                                                                              : "acquire_for(0) does not wait");
+                if (!first && waiting_ >= overflow_.max_waiters()) throw_exhausted(lock, "the waiter queue is full");
                 waiter w;
-                enqueue(&w);
-                ++waiting_;
-                while (w.state == waiter::waiting) {
-                    if (w.cv.wait_until(lock, deadline) == std::cv_status::timeout && w.state == waiter::waiting) {
-                        unlink(&w);
-                        const pool_stats s = snapshot();
-                        --waiting_;
-                        observer_.on_event(event::timeout);
-                        leave(lock);
-                        throw timeout_error("pqpool: acquire timed out after " + std::to_string(timeout.count()) +
-                                                " ms: " + describe(s),
-                                            s);
-                    }
-                }
-                --waiting_;
+                w.accepts_chain = may_connect;
+                wait_in_line(lock, w, until.get(), first);
                 switch (w.state) {
+                case waiter::waiting: throw_timeout(lock, until.wait(), &w);
                 case waiter::got_connection: return grant{grant::connection, w.conn};
-                case waiter::got_permit: return grant{grant::permit, nullptr};
-                case waiter::failed: {
-                    const std::exception_ptr error = w.error;
-                    leave(lock);
-                    std::rethrow_exception(error);
+                case waiter::got_chain: return grant{grant::permit, nullptr, w.ch};
+                case waiter::failed: std::rethrow_exception(w.error);
+                case waiter::closed: break;
                 }
-                default: leave(lock); throw closed_error("pqpool: the pool was closed while waiting");
-                }
+                throw closed_error("pqpool: the pool was closed while waiting");
             }
         }
+    }
+
+    // Queues `w` (at the front for a caller served before) and waits until it
+    // is served or `until` passes (then `w` is still `waiting`, and still in
+    // line: the caller takes it out with dequeue()).
+    void wait_in_line(std::unique_lock<typename Concurrency::mutex_type>& lock, waiter& w, time_point until,
+                      bool at_front) {
+        if constexpr (Concurrency::can_wait) {
+            enqueue(&w, at_front);
+            ++waiting_;
+            pass_permit(); // a parked chain or a free slot may be waiting for exactly this waiter
+            while (w.state == waiter::waiting) {
+                if (w.cv.wait_until(lock, until) == std::cv_status::timeout && w.state == waiter::waiting) return;
+            }
+        } else {
+            (void)lock, (void)w, (void)until, (void)at_front;
+        }
+    }
+
+    // Under the lock: a waiter whose wait ended leaves the line.
+    void dequeue(waiter* w) noexcept {
+        unlink(w);
+        --waiting_;
+    }
+
+    // Under the lock: takes `w` out of the line with its outcome.
+    void serve(waiter* w, typename waiter::state_t state, info* c = nullptr, chain* ch = nullptr,
+               std::exception_ptr error = {}) noexcept {
+        unlink(w);
+        --waiting_; // from now on it is no longer waiting, whenever it wakes
+        w->state = state;
+        w->conn = c;
+        w->ch = ch;
+        w->error = std::move(error);
+        w->cv.notify_one();
     }
 
     [[noreturn]] void throw_exhausted(std::unique_lock<typename Concurrency::mutex_type>& lock, const char* why) {
@@ -404,29 +544,56 @@ private:
                               s);
     }
 
+    // The caller's wait ended. When connects were failing meanwhile, the error
+    // says so and carries the last failure: a wrong password or an unreachable
+    // server must not hide behind "timed out".
+    [[noreturn]] void throw_timeout(std::unique_lock<typename Concurrency::mutex_type>& lock,
+                                    std::chrono::milliseconds wait, waiter* in_line = nullptr) {
+        const pool_stats s = snapshot(); // the caller still counts as waiting: it was, until now
+        if (in_line) dequeue(in_line);
+        std::shared_ptr<const connect_error> failure = failing_ ? last_failure_ : nullptr;
+        lock.unlock();
+        observer_.on_event(event::timeout);
+        std::string what = "pqpool: acquire timed out after " + show_wait(wait) + ": " + describe(s);
+        if (failure) what += "; connecting is failing: " + std::string(failure->what());
+        throw timeout_error(std::move(what), s, std::move(failure));
+    }
+
+    static std::string show_wait(std::chrono::milliseconds wait) {
+        return wait == std::chrono::milliseconds::max() ? std::string("an unlimited wait")
+                                                        : std::to_string(wait.count()) + " ms";
+    }
+
     // An idle connection the caller now holds (counted in in_use_): checked by
-    // recycling and validation, or closed (false).
-    bool hand_out(info* c) {
+    // recycling and validation, or closed (false). On false, the caller is
+    // pinned (`pinned` says whether it was already) and the slot of the closed
+    // connection is kept for it, so it keeps its place in line.
+    bool hand_out(info* c, deadline_type& until, bool pinned) {
         const time_point now = timed ? coarse_now<clock>() : time_point{};
         if (recycling_.keep_on_acquire(*c, now)) [[likely]] {
-            if (validation_.validate(connector_, *c, now)) [[likely]] {
+            if (validation_.validate(connector_, *c, now, until)) [[likely]] {
                 ++c->uses;
                 return true;
             }
-            discard(c, event::validation_failed);
+            retire_handed(c, event::validation_failed, pinned);
         } else {
-            discard(c, event::retired);
+            retire_handed(c, event::retired, pinned);
         }
         return false;
     }
 
-    [[gnu::noinline]] void discard(info* c, event why) noexcept {
+    [[gnu::noinline]] void retire_handed(info* c, event why, bool pinned) noexcept {
         observer_.on_event(why);
-        close_held(c);
+        connector_.close(c->handle);
+        delete c;
+        std::lock_guard lock(mutex_);
+        --in_use_;
+        if (!pinned) ++pins_;
     }
 
     // Closes a connection counted in in_use_ (outside the lock), then frees its
-    // slot for the first waiter.
+    // slot for the first waiter. The outermost step of a release: it may be
+    // the last count, and nothing of *this is touched after leave().
     void close_held(info* c) noexcept {
         connector_.close(c->handle);
         delete c;
@@ -436,74 +603,207 @@ private:
         leave(lock);
     }
 
-    // The caller holds a permit (counted in opening_): open a connection. Each
-    // attempt is bounded by the connector's own connect timeout, not by the
-    // acquire's wait: a wait shorter than a handshake must not make the pool
-    // unable to connect. `retry_until` only decides whether another attempt
-    // may start after a failure.
-    lease_type open_reserved(time_point retry_until) {
-        info* c;
-        try {
-            c = open(retry_until);
-        } catch (const connect_error&) {
-            std::unique_lock lock(mutex_);
-            --opening_;
-            // This attempt spent its whole retry budget, and no connection
-            // could come back to the waiters: they would only try the same
-            // server again, one budget each. They share this outcome instead.
-            if (idle_.empty() && in_use_ == 0)
-                fail_waiters(std::current_exception());
-            else
-                pass_permit();
-            leave(lock);
-            throw;
-        } catch (...) {
-            std::unique_lock lock(mutex_);
-            --opening_;
-            pass_permit();
-            leave(lock);
-            throw;
+    // As close_held, for a caller that holds a pin (so the core cannot go).
+    void close_counted(info* c) noexcept {
+        connector_.close(c->handle);
+        delete c;
+        std::lock_guard lock(mutex_);
+        --in_use_;
+        pass_permit();
+    }
+
+    // Drives a chain (`ch`, or a new one for a fresh permit) until it yields a
+    // connection, is parked, or ends. The caller holds a pin; the chain is
+    // counted in opening_ throughout.
+    drive_result drive(chain* ch, deadline_type& until, backoff mode) {
+        if (!ch) {
+            try {
+                ch = new chain;
+            } catch (...) {
+                return end_chain(nullptr, std::current_exception());
+            }
         }
-        {
+        for (;;) {
+            if (ch->failures > 0 && mode != backoff::sleep) {
+                const time_point now = clock::now();
+                if (now < ch->not_before) {
+                    if (mode == backoff::give_up) return park(ch);
+                    const time_point end = std::min(ch->not_before, until.get());
+                    if (info* c = wait_out_backoff(ch, end)) {
+                        park(ch);
+                        return {drive_result::handed, c};
+                    }
+                    if (ch->not_before > clock::now()) return park(ch); // the caller's wait ended first
+                }
+            } else if (ch->failures > 0) {
+                const time_point now = clock::now();
+                if (now < ch->not_before) sleep_for<clock>(ch->not_before - now);
+            }
+            handle h{};
+            try {
+                h = connector_.continue_connect(ch->attempt,
+                                                mode == backoff::wait_in_line ? until.get() : time_point::max());
+            } catch (const connect_error& e) {
+                observer_.on_event(event::connect_failed);
+                note_failure(e);
+                std::optional<std::chrono::nanoseconds> delay;
+                if (e.transient()) delay = retry_.next_delay(++ch->failures);
+                if (!delay) return end_chain(ch, std::current_exception());
+                ch->not_before = saturating_add(clock::now(), *delay);
+                observer_.on_event(event::retry);
+                continue;
+            } catch (...) {
+                drive_result r = end_chain(ch, std::current_exception());
+                r.rethrow = true;
+                return r;
+            }
+            if (h == handle{}) return park(ch); // the deadline came first: the next caller goes on
+            info* c = ch->record.release();
+            delete ch;
+            c->handle = h;
+            c->generation = fork_.generation();
+            if constexpr (timed) c->born = c->last_used = coarse_now<clock>();
+            recycling_.on_open(*c, c->born);
+            observer_.on_event(event::connected);
+            return {drive_result::fresh, c};
+        }
+    }
+
+    // Waits out a chain's backoff in line (at the front, for connections
+    // only), so that a connection returned meanwhile reaches this caller.
+    // Returns that connection (counted in in_use_), or null when `end` came.
+    info* wait_out_backoff(chain* ch, time_point end) {
+        if constexpr (sleeps_itself<clock> || !Concurrency::can_wait) {
+            const time_point now = clock::now();
+            if (end > now) sleep_for<clock>(end - now);
+            (void)ch;
+            return nullptr;
+        } else {
             std::unique_lock lock(mutex_);
+            if (closed_) {
+                lock.unlock();
+                end_chain(ch, nullptr);
+                throw closed_error("pqpool: the pool was closed while connecting");
+            }
+            waiter w;
+            w.accepts_chain = false;
+            w.holds_chain = true;
+            wait_in_line(lock, w, end, true);
+            if (w.state == waiter::waiting) dequeue(&w);
+            if (w.state == waiter::got_connection) return w.conn;
+            if (w.state == waiter::closed) {
+                lock.unlock();
+                end_chain(ch, nullptr);
+                throw closed_error("pqpool: the pool was closed while connecting");
+            }
+            return nullptr;
+        }
+    }
+
+    // The caller stops driving `ch` with work left: the first waiter that
+    // connects takes it over, or the next caller (or maintain()) finds it.
+    drive_result park(chain* ch) noexcept {
+        {
+            std::lock_guard lock(mutex_);
             if (!closed_) {
-                --opening_;
+                for (waiter* w = head_; w; w = w->next) {
+                    if (w->accepts_chain) {
+                        serve(w, waiter::got_chain, nullptr, ch);
+                        return {drive_result::parked};
+                    }
+                }
+                ch->next = parked_;
+                parked_ = ch;
+                ++parked_count_;
+                return {drive_result::parked};
+            }
+        }
+        end_chain(ch, nullptr);
+        return {drive_result::parked};
+    }
+
+    // Under the lock.
+    chain* pop_parked() noexcept {
+        chain* ch = parked_;
+        if (ch) {
+            parked_ = ch->next;
+            ch->next = nullptr;
+            --parked_count_;
+        }
+        return ch;
+    }
+
+    // A chain ends without a connection (`error`; null when closing). Its
+    // slot goes to the first waiter; when no connection could come back to
+    // the waiters (none in use, none idle), they share the error instead of
+    // each spending a budget of its own on the same failing server (a chain
+    // still in progress elsewhere goes on; its waiter is not failed).
+    drive_result end_chain(chain* ch, std::exception_ptr error) noexcept {
+        if (ch) {
+            connector_.cancel_connect(ch->attempt);
+            delete ch;
+        }
+        std::lock_guard lock(mutex_);
+        --opening_;
+        const bool nothing = idle_.empty() && in_use_ == 0;
+        if (nothing && error)
+            fail_waiters(error);
+        else
+            pass_permit();
+        return {drive_result::failed, nullptr, std::move(error), nothing};
+    }
+
+    void note_failure(const connect_error& e) noexcept {
+        std::shared_ptr<const connect_error> copy;
+        try {
+            copy = std::make_shared<const connect_error>(e);
+        } catch (...) {
+        }
+        std::lock_guard lock(mutex_);
+        failing_ = true;
+        if (copy) last_failure_ = std::move(copy);
+    }
+
+    // A fresh connection (counted in opening_) becomes the caller's lease.
+    lease_type settle_as_lease(info* c) {
+        {
+            std::lock_guard lock(mutex_);
+            --opening_;
+            failing_ = false;
+            if (!closed_) {
                 ++in_use_;
+                c->uses = 1;
                 pass_permit(); // a connect slot freed: the next waiter may open one
                 return lease_type(this, c);
             }
         }
-        connector_.close(c->handle); // still counted in opening_, so the core stays alive meanwhile
+        connector_.close(c->handle);
         delete c;
-        std::unique_lock lock(mutex_);
-        --opening_;
-        leave(lock);
         throw closed_error("pqpool: the pool was closed while connecting");
     }
 
-    // A new connection's record lives on the heap until it is closed, so that
-    // the idle stack, waiters and leases pass a pointer, never a copy.
-    info* open(time_point retry_until) {
-        for (unsigned failures = 0;;) {
-            try {
-                auto c = std::make_unique<info>();
-                c->handle = connector_.connect(time_point::max());
-                c->generation = fork_.generation();
-                c->uses = 1;
-                if constexpr (timed) c->born = c->last_used = coarse_now<clock>();
-                recycling_.on_open(*c, c->born);
-                observer_.on_event(event::connected);
-                return c.release();
-            } catch (const connect_error& e) {
-                observer_.on_event(event::connect_failed);
-                if (!e.transient()) throw;
-                const auto delay = retry_.next_delay(++failures);
-                if (!delay) throw;
-                if (saturating_add(clock::now(), *delay) >= retry_until) throw;
-                observer_.on_event(event::retry);
-                sleep_for<clock>(*delay);
+    // A fresh connection (counted in opening_) that nobody asked for yet
+    // (maintain): to the first waiter, else idle, else closed.
+    void settle_as_idle(info* c) noexcept {
+        {
+            std::lock_guard lock(mutex_);
+            --opening_;
+            failing_ = false;
+            if (!closed_) {
+                if (waiter* w = head_) {
+                    ++in_use_;
+                    serve(w, waiter::got_connection, c);
+                    return;
+                }
+                if (idle_.size() < overflow_.keep_idle() && push_idle(c)) {
+                    pass_permit();
+                    return;
+                }
             }
+            pass_permit();
         }
+        connector_.close(c->handle);
+        delete c;
     }
 
     bool push_idle(info* c) noexcept {
@@ -520,23 +820,28 @@ private:
         return size() < overflow_.max_size() && opening_ < retry_.max_connecting();
     }
 
-    // A slot was freed: let the first waiter open a connection in it.
+    // A slot, a connect permit or a parked chain may be free: give it to the
+    // first waiter that connects.
     void pass_permit() noexcept {
         if (closed_) return;
-        if (waiter* w = head_; w && may_open()) {
-            unlink(w);
-            ++opening_;
-            w->state = waiter::got_permit;
-            w->cv.notify_one();
+        for (waiter* w = head_; w; w = w->next) {
+            if (!w->accepts_chain) continue;
+            if (chain* ch = pop_parked()) {
+                serve(w, waiter::got_chain, nullptr, ch);
+            } else if (may_open()) {
+                ++opening_;
+                serve(w, waiter::got_chain);
+            }
+            return;
         }
     }
 
-    void fail_waiters(std::exception_ptr error) noexcept {
-        while (waiter* w = head_) {
-            unlink(w);
-            w->state = waiter::failed;
-            w->error = error;
-            w->cv.notify_one();
+    // Every waiter but those waiting out their own chain's backoff.
+    void fail_waiters(const std::exception_ptr& error) noexcept {
+        for (waiter* w = head_; w;) {
+            waiter* next = w->next;
+            if (!w->holds_chain) serve(w, waiter::failed, nullptr, nullptr, error);
+            w = next;
         }
     }
 
@@ -544,7 +849,7 @@ private:
     // inside, delete the core. Returns true when it did (the lock is then
     // released and nothing of *this may be touched).
     bool leave(std::unique_lock<typename Concurrency::mutex_type>& lock) noexcept {
-        if (!orphaned_ || in_use_ + opening_ + waiting_ + inherited_ != 0) return false;
+        if (!orphaned_ || in_use_ + opening_ + pins_ + inherited_ != 0) return false;
         lock.unlock();
         lock.release();
         delete this;
@@ -575,14 +880,21 @@ private:
     }
 
     // In a child process: abandon (no I/O) every inherited idle connection and
-    // start afresh. Leases taken before the fork are no longer counted; the
-    // threads that waited or connected do not exist here.
+    // parked connect, and start afresh. Leases taken before the fork are no
+    // longer counted; the threads that waited or connected do not exist here.
+    // Their pins stay counted (this thread's own may be among them), so in a
+    // child whose other threads were inside the pool the core is never freed:
+    // a leak, never a use after free.
     void after_fork(std::uint64_t now_gen) noexcept {
         for (info* c : idle_) {
             connector_.abandon(c->handle);
             delete c;
         }
         idle_.clear();
+        while (chain* ch = pop_parked()) {
+            connector_.abandon_connect(ch->attempt);
+            delete ch;
+        }
         inherited_ += in_use_;
         in_use_ = 0;
         opening_ = 0;
@@ -614,7 +926,14 @@ private:
         return s;
     }
 
-    void enqueue(waiter* w) noexcept {
+    void enqueue(waiter* w, bool at_front) noexcept {
+        if (at_front) {
+            w->prev = nullptr;
+            w->next = head_;
+            (head_ ? head_->prev : tail_) = w;
+            head_ = w;
+            return;
+        }
         w->prev = tail_;
         w->next = nullptr;
         (tail_ ? tail_->next : head_) = w;
@@ -637,11 +956,16 @@ private:
     mutable typename Concurrency::mutex_type mutex_;
     std::vector<info*> idle_; // a stack: the most recently returned connection is reused first
     std::size_t in_use_ = 0;
-    std::size_t opening_ = 0;
-    std::size_t waiting_ = 0;
-    std::size_t inherited_ = 0; // leases taken before a fork, still out in this (child) process
+    std::size_t opening_ = 0;       // chains, parked ones included
+    std::size_t waiting_ = 0;       // callers in line, not yet served
+    std::size_t pins_ = 0;          // threads inside a slow operation
+    std::size_t inherited_ = 0;     // leases taken before a fork, still out in this (child) process
+    chain* parked_ = nullptr;       // connects in progress that no caller drives right now
+    std::size_t parked_count_ = 0;
     waiter* head_ = nullptr;
     waiter* tail_ = nullptr;
+    std::shared_ptr<const connect_error> last_failure_;
+    bool failing_ = false; // connects have failed since the last success
     std::atomic<std::uint64_t> generation_;
     std::atomic<std::uint64_t> adopting_; // the generation whose takeover has been claimed
     bool closed_ = false;
