@@ -4,7 +4,9 @@
 #include "catch.hpp"
 #include "test_pool.hpp"
 
+#include <atomic>
 #include <memory>
+#include <stdexcept>
 #include <optional>
 #include <thread>
 
@@ -127,17 +129,31 @@ TEST_CASE("a waiter gets the connection another caller returns", "[pool]") {
 TEST_CASE("a connector that throws on connect leaves the pool's counts unchanged", "[pool]") {
     auto server = std::make_shared<fake_server>();
     auto pool = make(server, 2);
+
+    // Nothing in use: no connection could come back, so the connect failure is the answer, at once.
+    server->fail_next({fault::permanent, "28P01"});
+    CHECK_THROWS_AS(pool.acquire(), connect_error);
+    CHECK(pool.stats() == pool_stats{});
+
     auto held = pool.acquire();
     const pool_stats before = pool.stats();
 
-    server->fail_next({fault::permanent, "28P01"});
-    CHECK_THROWS_AS(pool.acquire(), connect_error);
-    CHECK(pool.stats() == before);
+    // One in use that could come back: the caller waits for it until its wait ends, and the
+    // timeout carries the connect failure (a wrong password must not hide behind "timed out").
+    for (auto f : {fault{fault::permanent, "28P01"}, fault{fault::transient, "08006"}}) {
+        server->fail_next(f);
+        try {
+            (void)pool.acquire();
+            FAIL("no error");
+        } catch (const timeout_error& e) {
+            REQUIRE(e.last_connect_error() != nullptr);
+            CHECK(e.last_connect_error()->sqlstate() == f.sqlstate);
+            CHECK_THAT(e.what(), Catch::Contains("connecting is failing: fake: "));
+        }
+        CHECK(pool.stats() == before);
+    }
 
-    server->fail_next({fault::transient, "08006"});
-    CHECK_THROWS_AS(pool.acquire(), connect_error);
-    CHECK(pool.stats() == before);
-
+    // Anything but a connect failure (a bug, out of memory) reaches the caller at once.
     server->fail_next({fault::other, ""});
     CHECK_THROWS_AS(pool.acquire(), std::runtime_error);
     CHECK(pool.stats() == before);
@@ -235,6 +251,118 @@ TEST_CASE("a moved pool keeps working, the moved-from one owns nothing", "[pool]
     fixed_pool b = std::move(a);
     l.release();
     CHECK(b.stats().idle == 1);
+    CHECK(b.valid());
+}
+
+TEST_CASE("every member of a moved-from pool is defined: valid() is false, the rest throws closed_error", "[pool]") {
+    auto server = std::make_shared<fake_server>();
+    auto a = make(server, 2);
+    fixed_pool b = std::move(a);
+    CHECK_FALSE(a.valid());
+    CHECK_THROWS_AS(a.stats(), closed_error);
+    CHECK_THROWS_WITH(a.stats(), Catch::Contains("moved from"));
+    CHECK_THROWS_AS(a.acquire(), closed_error);
+    CHECK_THROWS_AS(a.acquire_for(1ms), closed_error);
+    CHECK_THROWS_AS(a.try_acquire(), closed_error);
+    CHECK_THROWS_AS(a.run([](fake_connection*) {}), closed_error);
+    CHECK_THROWS_AS(a.maintain(), closed_error);
+    CHECK_THROWS_AS(a.observer(), closed_error);
+    CHECK_THROWS_AS(a.connector(), closed_error);
+    a.close(); // a no-op
+    fixed_pool c = std::move(a); // moving an empty pool gives an empty pool
+    CHECK_FALSE(c.valid());
+    a = std::move(b); // assigning a live pool makes it usable again
+    CHECK(a.valid());
+    CHECK(a.acquire().get() != nullptr);
+}
+
+TEST_CASE("acquire_for rejects a negative wait with a config_error naming it", "[pool]") {
+    auto server = std::make_shared<fake_server>();
+    auto pool = make(server, 1);
+    CHECK_THROWS_AS(pool.acquire_for(-1ms), config_error);
+    CHECK_THROWS_WITH(pool.acquire_for(-5s), Catch::Contains("acquire_for") && Catch::Contains("-5000 ms"));
+    CHECK(pool.stats() == pool_stats{});
+}
+
+// The pool object is destroyed while another thread is inside one of its
+// calls: the thread must finish on memory that is still alive (ASan checks)
+// and get closed_error.
+TEST_CASE("a pool destroyed while a thread is inside run(): the work's retry gets closed_error", "[pool][lifetime]") {
+    using run_pool = fake_pool<validation::none, recycling::none, fork_safety::none, overflow::fixed,
+                               retry::exponential_backoff>;
+    auto server = std::make_shared<fake_server>();
+    auto pool = std::make_unique<run_pool>(fake_connector<>{server}, overflow::fixed{.size = 2, .wait = 5s},
+                                           retry::exponential_backoff{.attempts = 5, .base = 1ms, .cap = 1ms});
+    std::atomic<bool> inside{false}, destroyed{false};
+    std::atomic<int> calls{0};
+    bool got_closed = false;
+    std::thread worker([&, p = pool.get()] {
+        try {
+            p->run([&](fake_connection* c) {
+                ++calls;
+                inside = true;
+                while (!destroyed) std::this_thread::yield();
+                c->alive = false; // the connection is lost mid-work: run() releases it and tries again
+                throw std::runtime_error("server closed the connection unexpectedly");
+            });
+        } catch (const closed_error&) {
+            got_closed = true;
+        }
+    });
+    while (!inside) std::this_thread::yield();
+    pool.reset(); // the worker's lease is the core's last count but one: run() itself
+    destroyed = true;
+    worker.join();
+    CHECK(got_closed);
+    CHECK(calls == 1);
+    CHECK(server->open() == 0);
+    CHECK(server->misuse == 0);
+}
+
+TEST_CASE("a pool destroyed while a thread validates an idle connection: closed_error, no use after free",
+          "[pool][lifetime]") {
+    using vpool = fake_pool<validation::ping, recycling::none, retry::none, fork_safety::none, overflow::fixed>;
+    auto server = std::make_shared<fake_server>();
+    auto pool = std::make_unique<vpool>(fake_connector<>{server}, overflow::fixed{.size = 1, .wait = 5s});
+    { auto warm = pool->acquire(); }
+    server->connection(0).silently_dead = true; // the ping will fail...
+    server->ping_delay = 300ms;                 // ...slowly, as over a frozen path
+    const int pings_before = server->pings;
+    bool got_closed = false;
+    std::thread caller([&, p = pool.get()] {
+        try {
+            (void)p->acquire();
+        } catch (const closed_error&) {
+            got_closed = true;
+        }
+    });
+    while (server->pings == pings_before) std::this_thread::yield();
+    pool.reset(); // destroyed while the caller is inside acquire(), validating
+    caller.join();
+    CHECK(got_closed);
+    CHECK(server->open() == 0);
+    CHECK(server->misuse == 0);
+}
+
+TEST_CASE("a pool destroyed while a thread connects: the connection is closed and the caller gets closed_error",
+          "[pool][lifetime]") {
+    auto server = std::make_shared<fake_server>();
+    server->connect_delay = 200ms;
+    auto pool = std::make_unique<fixed_pool>(fake_connector<>{server}, overflow::fixed{.size = 1, .wait = 5s});
+    bool got_closed = false;
+    std::thread caller([&, p = pool.get()] {
+        try {
+            (void)p->acquire();
+        } catch (const closed_error&) {
+            got_closed = true;
+        }
+    });
+    while (server->started == 0) std::this_thread::yield();
+    pool.reset();
+    caller.join();
+    CHECK(got_closed);
+    CHECK(server->open() == 0);
+    CHECK(server->in_flight == 0);
 }
 
 TEST_CASE("stats are consistent while threads acquire and release", "[pool]") {

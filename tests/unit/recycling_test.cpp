@@ -164,3 +164,110 @@ TEST_CASE("maintain() trims at once, then opens up to the floor", "[recycling]")
     CHECK(third.closed == 1);
     CHECK(third.opened == 1);
 }
+
+TEST_CASE("a floor above what the overflow policy keeps idle is a config_error, not an endless maintain()",
+          "[recycling][config]") {
+    auto s = std::make_shared<fake_server>();
+    using bpool = manual_pool<validation::none, recycling::limits, retry::none, fork_safety::none, overflow::bounded>;
+    CHECK_THROWS_WITH((bpool{fake_connector<manual_clock>{s}, overflow::bounded{.size = 2, .max_overflow = 8},
+                             recycling::limits{.min_idle = 3}}),
+                      Catch::Contains("min_idle = 3") && Catch::Contains("(2"));
+    using ppool =
+        manual_pool<validation::none, recycling::limits, retry::none, fork_safety::none, overflow::pass_through>;
+    CHECK_THROWS_WITH((ppool{fake_connector<manual_clock>{s}, recycling::limits{.min_idle = 1}}),
+                      Catch::Contains("min_idle = 1") && Catch::Contains("closes every connection on release"));
+    CHECK_THROWS_AS((rpool{fake_connector<manual_clock>{s}, overflow::fixed{.size = 2}, recycling::limits{.min_idle = 3}}),
+                    config_error);
+    CHECK(s->started == 0);
+    // At the edge it is fine.
+    bpool ok{fake_connector<manual_clock>{s}, overflow::bounded{.size = 2, .max_overflow = 8},
+             recycling::limits{.min_idle = 2}};
+    CHECK(ok.maintain().opened == 2);
+    CHECK(ok.maintain().opened == 0);
+    CHECK(s->started == 2);
+}
+
+TEST_CASE("maintain() with max_uses = 1 opens min_idle connections once; each serves one lease", "[recycling]") {
+    manual_clock::reset();
+    auto s = std::make_shared<fake_server>();
+    auto pool = make(s, {.max_uses = 1, .min_idle = 3}, 4);
+    const auto first = pool.maintain();
+    CHECK(first.opened == 3);
+    CHECK(s->started == 3); // not one more: the connections maintain() opens are unused, so they stay idle
+    CHECK(pool.stats().idle == 3);
+    CHECK(pool.maintain().opened == 0);
+    { auto l = pool.acquire(); CHECK(l.info().uses == 1); }
+    CHECK(pool.stats().idle == 2); // used once: retired on return
+    CHECK(pool.maintain().opened == 1);
+    CHECK(s->started == 4);
+}
+
+TEST_CASE("maintain() does a bounded amount of work per call even when connects keep failing", "[recycling]") {
+    manual_clock::reset();
+    auto s = std::make_shared<fake_server>();
+    using fpool = manual_pool<validation::none, recycling::limits, retry::exponential_backoff, fork_safety::none,
+                              overflow::fixed>;
+    fpool pool{fake_connector<manual_clock>{s}, overflow::fixed{.size = 4, .wait = 1s},
+               recycling::limits{.min_idle = 3}, retry::exponential_backoff{.attempts = 100, .base = 1s, .cap = 1s}};
+    s->fail_next({fault::transient, "08001"}, 1000);
+    const auto before = manual_clock::slept();
+    CHECK(pool.maintain().opened == 0); // one attempt fails; the chain must back off: left for the next call
+    CHECK(s->attempts == 1);
+    CHECK(manual_clock::slept() == before); // maintain() never sleeps a backoff
+    CHECK(pool.stats().opening == 1);       // the chain is parked, not lost
+    CHECK(pool.maintain().opened == 0);     // still backing off: nothing tried
+    CHECK(s->attempts == 1);
+    manual_clock::advance(2s);
+    CHECK(pool.maintain().opened == 0); // one more attempt, one more failure
+    CHECK(s->attempts == 2);
+    s->faults.clear();
+    manual_clock::advance(2s);
+    CHECK(pool.maintain().opened == 3); // the parked chain, then two new ones
+    CHECK(pool.stats() == pool_stats{.size = 3, .idle = 3});
+}
+
+TEST_CASE("huge lifetimes and idle limits saturate: they mean 'never', not 'at once'", "[recycling][config]") {
+    manual_clock::reset();
+    auto s = std::make_shared<fake_server>();
+    using namespace std::chrono;
+    SECTION("max_lifetime = 1000 years") {
+        auto pool = make(s, {.max_lifetime = duration_cast<milliseconds>(years{1000}), .jitter = 1min}, 2);
+        for (int i = 0; i < 5; ++i) auto l = pool.acquire();
+        CHECK(s->connects == 1);
+    }
+    SECTION("max_lifetime = milliseconds::max()") {
+        auto pool = make(s, {.max_lifetime = milliseconds::max()}, 2);
+        for (int i = 0; i < 5; ++i) auto l = pool.acquire();
+        CHECK(s->connects == 1);
+    }
+    SECTION("max_idle = milliseconds::max() keeps every idle connection") {
+        auto pool = make(s, {.max_lifetime = 0ms, .max_idle = milliseconds::max()}, 3);
+        {
+            auto a = pool.acquire(), b = pool.acquire(), c = pool.acquire();
+        }
+        manual_clock::advance(hours{24 * 365});
+        { auto l = pool.acquire(); }
+        pool.maintain();
+        CHECK(pool.stats().idle == 3);
+    }
+}
+
+TEST_CASE("recycling::limits: nonsense numbers are config_errors naming the field, the value and the range",
+          "[recycling][config]") {
+    using namespace std::chrono;
+    CHECK_THROWS_WITH((recycling::limits{.max_lifetime = -1s}.check()),
+                      Catch::Contains("max_lifetime is -1000 ms") && Catch::Contains("must be 0"));
+    CHECK_THROWS_WITH((recycling::limits{.max_idle = -1ms}.check()), Catch::Contains("max_idle is -1 ms"));
+    CHECK_THROWS_WITH((recycling::limits{.jitter = -1ms}.check()), Catch::Contains("jitter is -1 ms"));
+    CHECK_THROWS_WITH((recycling::limits{.max_lifetime = 10s, .jitter = 11s}.check()),
+                      Catch::Contains("jitter is 11000 ms") && Catch::Contains("at most max_lifetime (10000 ms)"));
+    CHECK_THROWS_WITH((recycling::limits{.max_lifetime = 0s, .jitter = 5s}.check()),
+                      Catch::Contains("jitter is 5000 ms") && Catch::Contains("max_lifetime is 0"));
+    // A jitter the user never set is not blamed on the user: the message names the default and the fix.
+    CHECK_THROWS_WITH((recycling::limits{.max_lifetime = 30s}.check()),
+                      Catch::Contains("max_lifetime is 30000 ms") && Catch::Contains("default jitter of 1 min") &&
+                          Catch::Contains(".jitter"));
+    CHECK_NOTHROW(recycling::limits{.max_lifetime = 0s}.check()); // never retire: the default jitter is moot
+    CHECK_NOTHROW((recycling::limits{.max_lifetime = 30s, .jitter = 3s}.check()));
+    CHECK_NOTHROW((recycling::limits{.max_lifetime = milliseconds::max(), .max_idle = milliseconds::max()}.check()));
+}
