@@ -4,32 +4,32 @@
 /// `pqpool::libpq_connector`: the connector that opens real PostgreSQL
 /// connections with libpq.
 ///
-/// Every call is bounded: connects, setup statements, pings and resets wait
-/// with `poll()` against a deadline and never block past it. The one
-/// exception is libpq's own host-name lookup (see `connect`).
+/// Every call is bounded: connects, setup statements, pings, resets and the
+/// cancel in `close` wait with `poll()` (or a timed wait) against a deadline
+/// and never block past it. The one exception is libpq's own host-name lookup
+/// (see `continue_connect`).
 
 #include <pqpool/connector/concept.hpp>
+#include <pqpool/deadline.hpp>
+#include <pqpool/detail/check.hpp>
+#include <pqpool/detail/conninfo.hpp>
+#include <pqpool/detail/fork_gate.hpp>
+#include <pqpool/detail/libpq_io.hpp>
 #include <pqpool/detail/redact.hpp>
 #include <pqpool/error.hpp>
 
 #include <libpq-fe.h>
 
-#include <fcntl.h>
 #include <poll.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
-#include <algorithm>
-#include <atomic>
-#include <cerrno>
 #include <chrono>
-#include <climits>
 #include <cstddef>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
-#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -37,143 +37,75 @@ namespace pqpool {
 
 /// The run-time settings of a `libpq_connector`.
 struct libpq_options {
-    /// How long one connection attempt may take, TCP and TLS handshakes and
-    /// authentication included. libpq's own `connect_timeout` keyword is not
-    /// enforced on a non-blocking connect; this is.
-    std::chrono::milliseconds connect_timeout{std::chrono::seconds{10}};
+    /// How long one host may take to connect (TCP and TLS handshakes and
+    /// authentication included); with several hosts, each gets this long, as
+    /// in libpq. Not set: the connection string's `connect_timeout` (seconds,
+    /// read as libpq reads it: below 2 means 2, 0 or less means no limit),
+    /// else `PGCONNECT_TIMEOUT`, else 10 s. Set together with the keyword, the
+    /// two must agree. `milliseconds::max()` means no limit of our own (the
+    /// caller's deadline still holds).
+    std::optional<std::chrono::milliseconds> connect_timeout{};
     /// How long each setup statement, and each `reset`, may take.
     std::chrono::milliseconds io_timeout{std::chrono::seconds{10}};
+    /// How long `close` waits for the cancel of a command still running
+    /// before it closes the connection anyway.
+    std::chrono::milliseconds cancel_timeout{std::chrono::seconds{1}};
     /// Statements run on every new connection, in order, before the pool sees
     /// it (e.g. `"SET search_path TO app"`). Each may hold several statements
     /// separated by `;`.
     std::vector<std::string> setup{};
+
+    /// Throws `config_error` naming the field, its value and the allowed range
+    /// when a timeout is zero or negative. Cost: a few comparisons.
+    void check() const {
+        if (connect_timeout) detail::check_positive("libpq_options", "connect_timeout", *connect_timeout);
+        detail::check_positive("libpq_options", "io_timeout", io_timeout);
+        detail::check_positive("libpq_options", "cancel_timeout", cancel_timeout);
+    }
 };
 
 namespace detail {
 
-// poll()'s "the peer shut down its side", Linux-only; elsewhere a hang-up still
-// shows as POLLHUP, or as POLLIN followed by EOF in PQconsumeInput.
-#ifdef POLLRDHUP
-inline constexpr short poll_rdhup = POLLRDHUP;
-#else
-inline constexpr short poll_rdhup = 0;
-#endif
+// A connect in progress: which libpq connection of the plan, how far it got,
+// and why the hosts before it refused.
+struct libpq_attempt_state {
+    using time_point = io_clock::time_point;
 
-// libpq reports a failed connect only as text: no PGresult, no SQLSTATE field.
-// With PQERRORS_VERBOSE a server's FATAL reads `FATAL:  28P01: password
-// authentication failed ...` (severity, two spaces, the code, a colon), so the
-// code is taken from there. The severity word may be translated; the shape is
-// not.
-inline std::string last_sqlstate_in(std::string_view msg) {
-    auto code_char = [](char c) { return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z'); };
-    std::string found;
-    for (std::size_t at = msg.find(":  "); at != std::string_view::npos; at = msg.find(":  ", at + 1)) {
-        const std::size_t c = at + 3;
-        if (c + 7 > msg.size()) break;
-        if (std::all_of(msg.begin() + static_cast<std::ptrdiff_t>(c), msg.begin() + static_cast<std::ptrdiff_t>(c + 5),
-                        code_char) &&
-            msg[c + 5] == ':' && msg[c + 6] == ' ')
-            found = std::string(msg.substr(c, 5));
-    }
-    return found;
-}
+    PGconn* conn = nullptr;
+    std::size_t target = 0; // index into the connector's plan
+    PostgresPollingStatusType polling = PGRES_POLLING_WRITING;
+    bool in_setup = false;
+    std::size_t setup_index = 0;
+    bool setup_sent = false;
+    statement_run run;
+    time_point started;
+    // The deadline of the current step: this host's connect, or this setup
+    // statement. A new socket (libpq moving to the host's next address, or
+    // retrying without TLS) restarts a host's clock, as libpq's own
+    // connect_timeout does.
+    time_point step_deadline;
+    int fd = -1;
+    ino_t inode = 0;
+    bool parked = false;
+    time_point parked_at;
+    std::vector<std::string> refusals; // "label: why", one per host tried
+    std::string sqlstate;              // of the last server that answered
+    bool transient = false;
 
-// Failures with no SQLSTATE that no retry will cure: TLS certificate trouble,
-// values libpq rejects, a missing password, a name that does not resolve. Any
-// other failure without a SQLSTATE is network-level (refused, unreachable,
-// timed out, closed by the server) and worth retrying. These are libpq's
-// English texts; under a translated libpq nothing matches and failures count
-// as transient, which costs retries, never a wrong success.
-inline bool looks_like_configuration_mistake(std::string_view msg) noexcept {
-    constexpr std::string_view markers[] = {
-        "certificate",                  // verify failed, host name mismatch, unreadable file, client cert refused
-        "private key",                  // unreadable or world-readable sslkey
-        "does not support SSL",         // sslmode=require against a server without TLS
-        "GSSAPI encryption required",   // gssencmode=require and none possible
-        "invalid ",                     // invalid port number / sslmode value / integer value / response
-        "could not parse network address",
-        "could not match",              // port count does not match host count
-        "no password supplied",
-        "channel binding",
-        "authentication method",        // an authentication method libpq does not support
-        "requirepeer",
-        "Name or service not known",    // NXDOMAIN; "Temporary failure in name resolution" stays transient
-        "No address associated with hostname",
-        "unsupported protocol",
-    };
-    return std::any_of(std::begin(markers), std::end(markers),
-                       [&](std::string_view m) { return msg.find(m) != std::string_view::npos; });
-}
-
-struct libpq_failure {
-    std::string text;     // libpq's message without the LOCATION lines, trimmed
-    std::string sqlstate; // of the last server that answered, or empty
-    bool transient = true;
+    libpq_attempt_state() = default;
+    libpq_attempt_state(const libpq_attempt_state&) = delete;
+    libpq_attempt_state& operator=(const libpq_attempt_state&) = delete;
+    ~libpq_attempt_state() { finish(conn); }
 };
 
-// Turns libpq's (verbose) connect error into message, SQLSTATE and
-// transience. With several hosts or an sslmode=prefer fallback the message
-// holds one part per attempt; the last server that answered decides.
-inline libpq_failure parse_connect_failure(std::string_view raw) {
-    libpq_failure f;
-    while (!raw.empty()) {
-        const std::size_t nl = raw.find('\n');
-        const std::string_view line = raw.substr(0, nl == std::string_view::npos ? raw.size() : nl + 1);
-        raw.remove_prefix(line.size());
-        // Verbose mode adds the server's source position: noise to a reader.
-        if (line.substr(0, 9) == "LOCATION:") continue;
-        f.text.append(line);
-    }
-    while (!f.text.empty() && (f.text.back() == '\n' || f.text.back() == ' ' || f.text.back() == '\t'))
-        f.text.pop_back();
-    if (f.text.empty()) f.text = "unknown error (libpq gave no message)";
-    f.sqlstate = last_sqlstate_in(f.text);
-    f.transient = f.sqlstate.empty() ? !looks_like_configuration_mistake(f.text) : is_transient_sqlstate(f.sqlstate);
-    return f;
-}
-
-enum class exec_outcome { ok, server_error, io_error, timeout };
-
-struct exec_result {
-    exec_outcome outcome = exec_outcome::ok;
-    ExecStatusType last = PGRES_COMMAND_OK; // status of the first failed result, else of the last one
-    char sqlstate[6] = {};                  // of the first failed result, if the server sent one
-    std::string message;                    // filled on failure only, and only when asked for
-};
-
-struct conninfo_deleter {
-    void operator()(PQconninfoOption* o) const noexcept { PQconninfoFree(o); }
-};
-
-struct pgconn_deleter {
-    void operator()(PGconn* c) const noexcept { PQfinish(c); }
-};
-
-inline std::string quote_conninfo_value(std::string_view v) {
-    if (!v.empty() && v.find_first_of(" \t\n'\\") == std::string_view::npos) return std::string(v);
-    std::string out = "'";
-    for (char c : v) {
-        if (c == '\'' || c == '\\') out += '\\';
-        out += c;
-    }
-    return out += '\'';
-}
-
-// A FATAL or PANIC that the server sends to an idle connection (57P01 when the
-// backend is terminated, 57P05 on idle_session_timeout, a shutdown) reaches
-// libpq's notice receiver as soon as the input is parsed, while the socket may
-// stay open for milliseconds more. probe() parses what arrived and asks this
-// receiver, installed on every connection the connector opens, whether it saw
-// one. Every notice is then handed on to libpq's default receiver (which
-// ignores its argument), so the application's notice processor still sees it.
-inline thread_local bool fatal_notice_seen = false;
-inline std::atomic<PQnoticeReceiver> default_notice_receiver{nullptr};
-
-inline void watch_for_fatal(void* arg, const PGresult* res) {
-    const char* severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
-    if (severity && (std::strcmp(severity, "FATAL") == 0 || std::strcmp(severity, "PANIC") == 0))
-        fatal_notice_seen = true;
-    if (PQnoticeReceiver next = default_notice_receiver.load(std::memory_order_relaxed)) next(arg, res);
+// libpq's "connection to server at "h" (a), port p failed: " prefix, left out
+// where our own label already names the host.
+inline std::string_view without_server_prefix(std::string_view text) {
+    if (text.substr(0, 21) != "connection to server ") return text;
+    const std::size_t line_end = text.find('\n');
+    const std::size_t failed = text.find(" failed: ");
+    if (failed == std::string_view::npos || failed > line_end) return text;
+    return text.substr(failed + 9);
 }
 
 } // namespace detail
@@ -181,44 +113,135 @@ inline void watch_for_fatal(void* arg, const PGresult* res) {
 /// The real connector: opens `PGconn*` connections to one server (or one list
 /// of hosts) described by a conninfo string or a `postgresql://` URI.
 ///
+/// Several hosts (`host=a,b`, `hostaddr` lists, one port or one per host) are
+/// tried in turn, each with its own connect timeout, as libpq documents; each
+/// gets its own libpq connection, and `target_session_attrs` is checked per
+/// host (`prefer-standby`: every host as a standby first, then every host as
+/// any server). The next host is tried after a network failure, a timeout, a
+/// server that does not fit `target_session_attrs` or answers 57P03; a server
+/// that refuses otherwise (wrong password, unknown database) ends the attempt,
+/// as in libpq.
+///
+/// Unless the connection string sets them (or names a `service`), connections
+/// use TCP keepalives and a TCP user timeout: `keepalives=1
+/// keepalives_idle=30 keepalives_interval=10 keepalives_count=3
+/// tcp_user_timeout=30000`, so a network path that died silently becomes a
+/// connection error after about 60 s idle, or 30 s with data unacknowledged.
+/// A keyword the user gave is never overridden.
+///
+/// Across `fork()`: the first connector a process builds installs a
+/// `pthread_atfork` handler that makes `fork()` wait until no thread is inside
+/// one of the connector's libpq connect steps or `PQfinish` calls (each one
+/// non-blocking call, or a host-name lookup), and holds new ones until the
+/// fork is done. So a child can connect although a thread of the parent was
+/// connecting at the fork (the locks OpenSSL, GSSAPI and the resolver take
+/// are free). Not covered: threads of the program that call libpq themselves
+/// (`PQconnectdb`, `PQcancel`, queries over TLS), or other libraries holding
+/// those locks at the fork. A child must not use the connections or attempts
+/// it inherited, except through `abandon` and `abandon_connect`.
+///
 /// Thread safety: every member is `const` and may be called from several
-/// threads at once, each on its own handle.
+/// threads at once, each on its own handle or attempt.
 class libpq_connector {
 public:
     using category = connector_tag;
     using handle = PGconn*;
     using clock = std::chrono::steady_clock;
 
+    /// A connect in progress; empty when default-constructed, after a
+    /// connect finished or failed, and after `cancel_connect`. Movable; may
+    /// be continued from another thread. Destroying a non-empty attempt
+    /// cancels it (`PQfinish`: may write to its socket).
+    class attempt {
+    public:
+        attempt() noexcept = default;
+        /// Is a connect in progress?
+        bool in_progress() const noexcept { return state_ != nullptr; }
+
+    private:
+        friend class libpq_connector;
+        std::unique_ptr<detail::libpq_attempt_state> state_;
+    };
+
     /// Parses and checks `conninfo_or_uri` (key=value words or a
-    /// `postgresql://` URI); opens nothing.
+    /// `postgresql://` URI) and `options`; opens nothing.
     ///
-    /// Throws `config_error` for input libpq cannot parse, a port that is not
-    /// a number from 1 to 65535, an unknown `sslmode`, or an `sslrootcert`,
-    /// `sslcert` or `sslkey` file that does not exist or cannot be read. No
-    /// message quotes the password. Cost: one parse and a few `stat`/`open`
-    /// calls, no network I/O.
+    /// Throws `config_error` for input libpq cannot parse; a URI whose password
+    /// holds an unencoded `/` or `@` (libpq would read pieces of it as host,
+    /// port or database: the message quotes nothing of the URI); a value
+    /// libpq would refuse at every connect (`sslmode`, `gssencmode`,
+    /// `channel_binding`, `target_session_attrs`, the TLS versions, ports,
+    /// `hostaddr`, integer keywords such as `connect_timeout` or
+    /// `keepalives_idle`), naming the keyword, the value and what is allowed;
+    /// a `connect_timeout` keyword that disagrees with
+    /// `libpq_options::connect_timeout`; an `sslrootcert`, `sslcert` or
+    /// `sslkey` file that does not exist or cannot be read; and what
+    /// `libpq_options::check` refuses. No message quotes a password. Cost: a
+    /// parse, `PQconndefaults`, a few `stat`/`open` calls; no network I/O.
     explicit libpq_connector(std::string_view conninfo_or_uri, libpq_options options = {});
 
-    /// Opens a connection and runs the setup statements; returns it idle.
+    /// Starts `a` if it is empty, then drives it until the connection is
+    /// open and its setup statements have run (returns it, idle; `a` is
+    /// empty again), until `deadline` passes (returns null; `a` keeps its
+    /// progress and may be continued later, by any thread), or until every
+    /// host has failed (throws; `a` is empty again).
     ///
-    /// Non-blocking: waits with `poll()` until `min(deadline, now +
-    /// connect_timeout)` for the connection, then up to `io_timeout` (and
-    /// never past `deadline`) for each setup statement. The exception is the
-    /// host-name lookup, which libpq does blocking inside
-    /// `PQconnectStartParams`; give `hostaddr` to avoid it.
+    /// Non-blocking: waits with `poll()`, never past `deadline`; a deadline
+    /// already passed still makes the progress that needs no waiting (a look
+    /// at the socket, then a libpq step when it is ready), so callers with
+    /// very short waits finish a TLS handshake over several calls. Whatever
+    /// the deadline, each host gets at most the connect timeout (see
+    /// `libpq_options::connect_timeout`) and each setup statement at most
+    /// `io_timeout`; time the attempt spent parked between calls counts
+    /// against them only when the server had not answered meanwhile. The
+    /// exception to non-blocking is the host-name lookup, which libpq does
+    /// blocking when it starts a host; give `hostaddr` to avoid it.
     ///
-    /// Throws `connect_error` with libpq's message (password scrubbed), the
-    /// server's SQLSTATE when it sent one (e.g. "28P01", "3D000", "53300"),
-    /// and `transient()` true for network-level failures and transient
-    /// SQLSTATEs, false for configuration mistakes (certificate problems,
-    /// wrong password, unknown database) and failed setup statements.
-    /// Cost: the startup handshake (a few round trips; more with TLS) plus
-    /// one round trip per setup statement.
+    /// Throws `connect_error`: with one host, libpq's message (password
+    /// scrubbed); with several, each host tried and why it refused
+    /// (`host 10.0.0.1:5432: timed out after 2000 ms; host 127.0.0.1:5433:
+    /// FATAL: ...`). `sqlstate()` is the last answering server's (e.g.
+    /// "28P01", "3D000", "53300"); `transient()` is true when any host failed
+    /// in a way a retry may cure (network-level failures, timeouts,
+    /// transient SQLSTATEs), false when all were configuration mistakes
+    /// (certificate problems, wrong or missing password, unknown database,
+    /// failed setup statements). Cost: the startup handshake per host tried
+    /// (a few round trips; more with TLS), one round trip per setup statement.
+    handle continue_connect(attempt& a, clock::time_point deadline) const;
+
+    /// Gives up a connect in progress (`PQfinish`: may write to its socket);
+    /// `a` is empty afterwards. Cost: a close; no wait.
+    void cancel_connect(attempt& a) const noexcept { a.state_.reset(); }
+
+    /// Frees a connect in progress without one byte of I/O on its socket (as
+    /// `abandon`): the only call allowed on an attempt inherited across
+    /// `fork()`. `a` is empty afterwards.
+    void abandon_connect(attempt& a) const noexcept {
+        if (a.state_) abandon(std::exchange(a.state_->conn, nullptr));
+        a.state_.reset();
+    }
+
+    /// Opens a connection and runs the setup statements: `continue_connect`
+    /// on a new attempt until `deadline`.
+    ///
+    /// Throws `connect_error` as `continue_connect` does, and when `deadline`
+    /// comes first (transient, "timed out after N ms", with the hosts that
+    /// refused before); the attempt is then cancelled.
     handle connect(clock::time_point deadline) const;
 
     /// Ends the session politely (`PQfinish`: sends Terminate, and a TLS
-    /// close_notify). Cost: one write, no wait. A null handle is ignored.
-    void close(handle h) const noexcept { PQfinish(h); }
+    /// close_notify). A command still running (`PQtransactionStatus` is
+    /// active) is cancelled first, so that it does not run on in the server:
+    /// `PQcancel` on a short-lived thread, waited for at most
+    /// `cancel_timeout`. Cost: one write, no wait; with a command running, a
+    /// thread and a TCP connect to the server, up to `cancel_timeout`. A null
+    /// handle is ignored.
+    void close(handle h) const noexcept {
+        if (!h) return;
+        if (PQstatus(h) == CONNECTION_OK && PQtransactionStatus(h) == PQTRANS_ACTIVE)
+            detail::cancel_running(h, options_.cancel_timeout);
+        detail::finish(h);
+    }
 
     /// Frees a connection without one byte of I/O on its socket: the only
     /// call allowed on a connection inherited across `fork()`.
@@ -231,7 +254,9 @@ public:
     /// connection is leaked (memory and one descriptor) rather than risk a
     /// write on the parent's socket. Cost: open, dup2, close, then PQfinish's
     /// frees; no network I/O.
-    void abandon(handle h) const noexcept;
+    void abandon(handle h) const noexcept {
+        if (h && detail::silence_socket(h)) detail::finish(h);
+    }
 
     /// Is `h` still usable? Local checks only, no round trip.
     ///
@@ -259,7 +284,12 @@ public:
     /// True only when the server answered with the empty-query response and
     /// the connection is idle afterwards. Never blocks past `deadline`. Cost:
     /// one round trip.
-    bool ping(handle h, clock::time_point deadline) const noexcept;
+    bool ping(handle h, clock::time_point deadline) const noexcept {
+        if (!h || PQstatus(h) != CONNECTION_OK) return false;
+        const auto r = detail::exec_until(h, "", deadline, false);
+        return r.outcome == detail::exec_outcome::ok && r.last == PGRES_EMPTY_QUERY &&
+               PQtransactionStatus(h) == PQTRANS_IDLE;
+    }
 
     /// Makes `h` clean for the next lease; false means "close it".
     ///
@@ -277,26 +307,39 @@ public:
     /// Unix socket directory) is left out.
     const std::string& description() const noexcept { return description_; }
 
+    /// The time each host may take to connect, as resolved from
+    /// `libpq_options::connect_timeout`, the connection string and the
+    /// environment; `milliseconds::max()` when there is no limit of our own.
+    std::chrono::milliseconds connect_timeout() const noexcept { return connect_timeout_; }
+
     /// The options given at construction.
     const libpq_options& options() const noexcept { return options_; }
 
 private:
-    [[noreturn]] void fail_config(std::string what) const;
-    [[noreturn]] void fail_connect(std::string what, std::string sqlstate, bool transient) const;
-    const std::string* value_of(std::string_view keyword) const noexcept;
-    void check_ports() const;
-    void check_file(const std::string& keyword) const;
-    void describe();
-    void run_setup(PGconn* c, clock::time_point deadline) const;
+    using state = detail::libpq_attempt_state;
 
-    static int wait_for(int fd, short events, clock::time_point deadline) noexcept;
-    static detail::exec_result exec_until(PGconn* h, const char* sql, clock::time_point deadline, bool want_message);
+    [[noreturn]] void fail_connect(const std::string& what, std::string sqlstate, bool transient) const {
+        throw connect_error("pqpool: cannot connect to " + description_ + ": " + what, std::move(sqlstate),
+                            transient);
+    }
+    std::string scrubbed(std::string text) const {
+        detail::scrub_tokens(text, secrets_);
+        return text;
+    }
 
-    std::vector<std::string> keywords_; // the non-empty options the user gave, for PQconnectStartParams
-    std::vector<std::string> values_;
-    std::vector<std::string> secrets_;  // every form of every password seen, to scrub from messages
-    std::string description_;
+    void start_target(state& s) const;
+    void note_socket(state& s, int fd) const noexcept;
+    void forgive_parked_time(state& s) const noexcept;
+    void refuse(state& s, std::string why, std::string sqlstate, bool transient) const;
+    void refuse_with_libpq_error(state& s) const;
+    void refuse_setup(state& s) const;
+    std::string refusals(const state& s) const;
+
     libpq_options options_;
+    std::vector<detail::connect_target> plan_; // the libpq connections an attempt makes, in order
+    std::vector<std::string> secrets_;         // every form of every secret seen, to scrub from libpq's text
+    std::string description_;
+    std::chrono::milliseconds connect_timeout_{};
 };
 
 static_assert(connector<libpq_connector>);
@@ -306,339 +349,223 @@ static_assert(connector<libpq_connector>);
 
 inline libpq_connector::libpq_connector(std::string_view conninfo_or_uri, libpq_options options)
     : options_(std::move(options)) {
-    const std::string input(conninfo_or_uri);
-    // Anything libpq could echo is scrubbed, including forms of the password
-    // libpq itself would never have parsed.
-    secrets_ = detail::find_secrets(input);
-    if (input.find('\0') != std::string::npos)
-        fail_config("pqpool: invalid connection string: it contains a NUL character");
-
-    char* err = nullptr;
-    std::unique_ptr<PQconninfoOption, detail::conninfo_deleter> parsed{PQconninfoParse(input.c_str(), &err)};
-    if (!parsed) {
-        std::string why = err ? detail::redact_parse_error(err, input) : std::string("out of memory");
-        PQfreemem(err);
-        fail_config("pqpool: invalid connection string: " + why);
-    }
-    for (const PQconninfoOption* o = parsed.get(); o->keyword; ++o) {
-        if (!o->val || !*o->val) continue;
-        keywords_.emplace_back(o->keyword);
-        values_.emplace_back(o->val);
-        if (o->dispchar && o->dispchar[0] == '*') secrets_.emplace_back(o->val);
-    }
+    options_.check();
+    detail::parsed_conninfo ci = detail::parse_conninfo(conninfo_or_uri);
+    detail::check_conninfo(ci);
+    const detail::libpq_defaults env = detail::libpq_defaults::read();
+    connect_timeout_ = detail::resolve_connect_timeout(ci, env, options_.connect_timeout);
+    plan_ = detail::plan_connects(ci, env);
+    description_ = detail::describe(ci, env);
+    secrets_ = std::move(ci.secrets);
     // PGPASSWORD and friends: libpq never echoes them, but cheap insurance.
-    if (std::unique_ptr<PQconninfoOption, detail::conninfo_deleter> defaults{PQconndefaults()}) {
-        for (const PQconninfoOption* o = defaults.get(); o->keyword; ++o)
-            if (o->val && *o->val && o->dispchar && o->dispchar[0] == '*') secrets_.emplace_back(o->val);
+    secrets_.insert(secrets_.end(), env.secrets.begin(), env.secrets.end());
+    detail::fork_gate::install();
+}
+
+inline void libpq_connector::start_target(state& s) const {
+    const detail::connect_target& t = plan_[s.target];
+    std::vector<const char*> keywords, values;
+    keywords.reserve(t.keywords.size() + 1);
+    values.reserve(t.values.size() + 1);
+    for (std::size_t i = 0; i < t.keywords.size(); ++i) {
+        keywords.push_back(t.keywords[i].c_str());
+        values.push_back(t.values[i].c_str());
     }
-
-    if (const std::string* mode = value_of("sslmode")) {
-        constexpr std::string_view modes[] = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"};
-        if (std::find(std::begin(modes), std::end(modes), *mode) == std::end(modes))
-            fail_config("pqpool: invalid sslmode \"" + *mode +
-                        "\" in the connection string (expected disable, allow, prefer, require, verify-ca or "
-                        "verify-full)");
+    keywords.push_back(nullptr);
+    values.push_back(nullptr);
+    {
+        detail::fork_gate::step gate;
+        // expand_dbname = 0: a URI was already taken apart by PQconninfoParse.
+        s.conn = PQconnectStartParams(keywords.data(), values.data(), 0);
     }
-    check_ports();
-    check_file("sslrootcert");
-    check_file("sslcert");
-    check_file("sslkey");
-    describe();
+    if (!s.conn) return refuse(s, "out of memory", {}, true);
+    // Makes a server's FATAL carry its SQLSTATE in the message (see
+    // parse_connect_failure); set before any byte from the server is read.
+    PQsetErrorVerbosity(s.conn, PQERRORS_VERBOSE);
+    // libpq's protocol: before the first PQconnectPoll, act as if it had
+    // asked to wait for writability.
+    s.polling = PGRES_POLLING_WRITING;
+    s.in_setup = false;
+    s.fd = -1;
+    s.step_deadline = saturating_add(clock::now(), connect_timeout_);
+    if (PQstatus(s.conn) == CONNECTION_BAD) refuse_with_libpq_error(s);
 }
 
-inline void libpq_connector::fail_config(std::string what) const {
-    detail::scrub_secrets(what, secrets_);
-    throw config_error(std::move(what));
-}
-
-inline void libpq_connector::fail_connect(std::string what, std::string sqlstate, bool transient) const {
-    std::string msg = "pqpool: cannot connect to " + description_ + ": " + what;
-    detail::scrub_secrets(msg, secrets_);
-    throw connect_error(std::move(msg), std::move(sqlstate), transient);
-}
-
-inline const std::string* libpq_connector::value_of(std::string_view keyword) const noexcept {
-    for (std::size_t i = 0; i < keywords_.size(); ++i)
-        if (keywords_[i] == keyword) return &values_[i];
-    return nullptr;
-}
-
-inline void libpq_connector::check_ports() const {
-    const std::string* ports = value_of("port");
-    if (!ports) return;
-    std::size_t n_ports = 0;
-    std::string_view rest = *ports;
-    for (;;) {
-        const std::size_t comma = rest.find(',');
-        const std::string_view port = rest.substr(0, comma);
-        ++n_ports;
-        // An empty item means the default port, as in libpq.
-        if (!port.empty()) {
-            long value = 0;
-            bool ok = port.size() <= 5;
-            for (char c : port) {
-                ok = ok && c >= '0' && c <= '9';
-                if (ok) value = value * 10 + (c - '0');
-            }
-            if (!ok || value < 1 || value > 65535)
-                fail_config("pqpool: invalid port \"" + std::string(port) +
-                            "\" in the connection string (expected a number from 1 to 65535)");
-        }
-        if (comma == std::string_view::npos) break;
-        rest.remove_prefix(comma + 1);
-    }
-    const std::string* hosts = value_of("hostaddr");
-    if (!hosts) hosts = value_of("host");
-    const std::size_t n_hosts = hosts ? static_cast<std::size_t>(std::count(hosts->begin(), hosts->end(), ',')) + 1 : 1;
-    if (n_ports > 1 && n_ports != n_hosts)
-        fail_config("pqpool: the connection string gives " + std::to_string(n_ports) + " ports for " +
-                    std::to_string(n_hosts) + " hosts (give one port for all, or one per host)");
-}
-
-inline void libpq_connector::check_file(const std::string& keyword) const {
-    const std::string* path = value_of(keyword);
-    if (!path) return;
-    // libpq 16 and later read "system" as the system's trust store.
-    if (keyword == "sslrootcert" && *path == "system") return;
-    // stat(), not std::filesystem: <filesystem> alone costs every user's
-    // translation unit more compile time than the rest of pqpool.
+inline void libpq_connector::note_socket(state& s, int fd) const noexcept {
     struct stat st {};
-    if (::stat(path->c_str(), &st) != 0) {
-        if (errno == ENOENT || errno == ENOTDIR) {
-            // "engine:key-id" names a key held by an OpenSSL engine, not a file.
-            if (keyword == "sslkey" && path->find(':') != std::string::npos) return;
-            fail_config("pqpool: " + keyword + " file \"" + *path + "\" does not exist");
-        }
-        // Other errors (permissions) are reported by the open() below.
-    } else if (S_ISDIR(st.st_mode)) {
-        fail_config("pqpool: " + keyword + " \"" + *path + "\" is a directory, not a file");
-    }
-    const int fd = ::open(path->c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        const int e = errno;
-        fail_config("pqpool: " + keyword + " file \"" + *path + "\" cannot be read: " + std::strerror(e));
-    }
-    ::close(fd);
+    const ino_t inode = ::fstat(fd, &st) == 0 ? st.st_ino : 0;
+    if (fd == s.fd && inode == s.inode) return;
+    if (s.fd >= 0) s.step_deadline = saturating_add(clock::now(), connect_timeout_);
+    s.fd = fd;
+    s.inode = inode;
 }
 
-inline void libpq_connector::describe() {
-    // What libpq would fill in: the environment (PGHOST, PGPORT, PGUSER,
-    // PGDATABASE) and compiled-in defaults. A service file can set anything,
-    // so with `service` only what was given explicitly is shown.
-    std::unique_ptr<PQconninfoOption, detail::conninfo_deleter> defaults;
-    if (!value_of("service")) defaults.reset(PQconndefaults());
-    auto resolved = [&](std::string_view kw) -> std::string {
-        if (const std::string* v = value_of(kw)) return *v;
-        if (defaults)
-            for (const PQconninfoOption* o = defaults.get(); o->keyword; ++o)
-                if (kw == o->keyword && o->val && *o->val) return o->val;
-        return {};
-    };
+inline void libpq_connector::forgive_parked_time(state& s) const noexcept {
+    s.parked = false;
+    if (!s.conn) return;
+    const int fd = PQsocket(s.conn);
+    if (fd < 0) return;
+    // In setup, only an answer counts: the socket is nearly always writable.
+    const short events = s.in_setup || s.polling == PGRES_POLLING_READING ? POLLIN : POLLOUT;
+    pollfd p{fd, events, 0};
+    if (::poll(&p, 1, 0) > 0) s.step_deadline = saturating_add(s.step_deadline, clock::now() - s.parked_at);
+}
+
+inline void libpq_connector::refuse(state& s, std::string why, std::string sqlstate, bool transient) const {
+    s.refusals.push_back(plan_[s.target].label + ": " + why);
+    // As libpq: a server that answered with an error ends the attempt, unless
+    // it is only not ready yet (57P03, a standby starting up); so does a
+    // mistake no other host will fix.
+    const bool stop = !transient || (!sqlstate.empty() && sqlstate != "57P03");
+    if (!sqlstate.empty()) s.sqlstate = std::move(sqlstate);
+    s.transient = s.transient || transient;
+    detail::finish(std::exchange(s.conn, nullptr));
+    s.in_setup = false;
+    s.target = stop ? plan_.size() : s.target + 1;
+}
+
+inline void libpq_connector::refuse_with_libpq_error(state& s) const {
+    auto f = detail::parse_connect_failure(PQerrorMessage(s.conn), PQconnectionNeedsPassword(s.conn) != 0);
+    refuse(s, scrubbed(std::move(f.text)), std::move(f.sqlstate), f.transient);
+}
+
+inline void libpq_connector::refuse_setup(state& s) const {
+    const detail::exec_result& r = s.run.result();
+    std::string what = "setup[" + std::to_string(s.setup_index) + "] failed: ";
+    if (r.outcome == detail::exec_outcome::timeout)
+        what += "timed out after " + detail::show_ms(options_.io_timeout);
+    else
+        what += scrubbed(r.message);
+    if (r.sqlstate[0]) what += std::string(" (SQLSTATE ") + r.sqlstate + ")";
+    // The server refused the statement: a retry will not change its mind. A
+    // connection lost or too slow on the way is a network matter.
+    refuse(s, std::move(what), r.sqlstate, r.outcome != detail::exec_outcome::server_error);
+}
+
+inline std::string libpq_connector::refusals(const state& s) const {
+    // One host: libpq's message as it is (it names the server itself).
+    if (plan_.size() == 1 && s.refusals.size() == 1)
+        return s.refusals.front().substr(plan_.front().label.size() + 2);
     std::string out;
-    auto add = [&](std::string_view kw, const std::string& v) {
-        if (v.empty()) return;
-        if (!out.empty()) out += ' ';
-        out.append(kw).append("=").append(detail::quote_conninfo_value(v));
-    };
-    if (const std::string* service = value_of("service")) add("service", *service);
-    add("host", resolved("host"));
-    add("hostaddr", resolved("hostaddr"));
-    add("port", resolved("port"));
-    const std::string user = resolved("user");
-    std::string dbname = resolved("dbname");
-    if (dbname.empty() && !value_of("service")) dbname = user; // libpq's rule: the database defaults to the user
-    add("dbname", dbname);
-    add("user", user);
-    if (out.empty()) out = "the default server";
-    description_ = std::move(out);
+    for (const std::string& r : s.refusals) {
+        if (!out.empty()) out += "; ";
+        const std::size_t colon = r.find(": ");
+        std::string why(detail::without_server_prefix(std::string_view(r).substr(colon + 2)));
+        for (char& c : why)
+            if (c == '\n') c = ' ';
+        out += "host " + r.substr(0, colon) + ": " + why;
+    }
+    return out;
 }
 
-inline int libpq_connector::wait_for(int fd, short events, clock::time_point deadline) noexcept {
-    // Strict about the deadline: once it has passed, no more waiting and no
-    // more progress, even if the socket happens to be ready.
-    for (;;) {
-        const auto now = clock::now();
-        if (now >= deadline) return 0;
-        // Rounded up so poll() never wakes before the deadline and spins.
-        const auto ms = std::chrono::ceil<std::chrono::milliseconds>(deadline - now).count();
-        pollfd p{fd, events, 0};
-        const int n = ::poll(&p, 1, static_cast<int>(std::min<decltype(ms)>(ms, INT_MAX)));
-        if (n > 0) return p.revents;
-        if (n < 0 && errno != EINTR) return -1;
+inline libpq_connector::handle libpq_connector::continue_connect(attempt& a, clock::time_point deadline) const {
+    if (!a.state_) {
+        a.state_ = std::make_unique<state>();
+        a.state_->started = clock::now();
     }
-}
-
-inline detail::exec_result libpq_connector::exec_until(PGconn* h, const char* sql, clock::time_point deadline,
-                                                       bool want_message) {
-    using detail::exec_outcome;
-    detail::exec_result r;
-    auto fail = [&](exec_outcome why, const char* text) -> detail::exec_result& {
-        r.outcome = why;
-        if (want_message) {
-            r.message = text && *text ? text : "connection lost";
-            while (!r.message.empty() && (r.message.back() == '\n' || r.message.back() == ' '))
-                r.message.pop_back();
-        }
-        return r;
+    state& s = *a.state_;
+    if (s.parked) forgive_parked_time(s);
+    auto park = [&] {
+        s.parked = true;
+        s.parked_at = clock::now();
+        return handle{};
     };
-    const int fd = PQsocket(h);
-    if (fd < 0 || PQstatus(h) != CONNECTION_OK) return fail(exec_outcome::io_error, PQerrorMessage(h));
-    // Nothing sent yet, so the connection is still clean: a caller that had
-    // no time left does not lose it.
-    if (clock::now() >= deadline) return fail(exec_outcome::timeout, "timed out");
-
-    // Non-blocking while we own the socket, so a full send buffer cannot make
-    // PQsendQuery block past the deadline; the caller's mode comes back after.
-    const bool was_nonblocking = PQisnonblocking(h) != 0;
-    if (!was_nonblocking && PQsetnonblocking(h, 1) != 0) return fail(exec_outcome::io_error, PQerrorMessage(h));
-    struct restore_mode {
-        PGconn* h;
-        bool was;
-        ~restore_mode() {
-            if (!was) PQsetnonblocking(h, 0);
+    for (;;) {
+        if (!s.conn) {
+            if (s.target >= plan_.size()) {
+                const std::string what = refusals(s);
+                std::string sqlstate = std::move(s.sqlstate);
+                const bool transient = s.transient;
+                a.state_.reset();
+                fail_connect(what, std::move(sqlstate), transient);
+            }
+            start_target(s);
+            continue;
         }
-    } restore{h, was_nonblocking};
-
-    if (!PQsendQuery(h, sql)) return fail(exec_outcome::io_error, PQerrorMessage(h));
-    for (;;) {
-        const int f = PQflush(h);
-        if (f == 0) break;
-        if (f < 0) return fail(exec_outcome::io_error, PQerrorMessage(h));
-        // As libpq's docs ask: while output is pending, also read, or a
-        // server blocked on its own full send buffer would deadlock us.
-        const int ev = wait_for(fd, POLLOUT | POLLIN, deadline);
-        if (ev == 0) return fail(exec_outcome::timeout, "timed out");
-        if (ev < 0) return fail(exec_outcome::io_error, "poll() failed");
-        if ((ev & POLLIN) && !PQconsumeInput(h)) return fail(exec_outcome::io_error, PQerrorMessage(h));
-    }
-    bool failed = false;
-    for (;;) {
-        while (!PQisBusy(h)) {
-            PGresult* res = PQgetResult(h);
-            if (!res) {
-                if (!failed) return r;
-                // The connection broke mid-way: a network failure, not the server refusing the SQL.
-                if (PQstatus(h) != CONNECTION_OK) r.outcome = exec_outcome::io_error;
-                return r;
+        if (!s.in_setup) {
+            const int fd = PQsocket(s.conn);
+            if (fd < 0) {
+                refuse_with_libpq_error(s);
+                continue;
             }
-            const ExecStatusType st = PQresultStatus(res);
-            if (!failed) r.last = st;
-            if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
-                // Cannot be drained without speaking COPY; the caller closes the connection.
-                PQclear(res);
-                return fail(exec_outcome::server_error, "the statement started a COPY, which is not supported here");
+            note_socket(s, fd);
+            const short events = s.polling == PGRES_POLLING_READING ? POLLIN : POLLOUT;
+            const int ev = detail::wait_for(fd, events, std::min(deadline, s.step_deadline), false);
+            if (ev < 0) {
+                const int e = errno;
+                refuse(s, std::string("poll() failed: ") + std::strerror(e), {}, true);
+                continue;
             }
-            if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY && !failed) {
-                failed = true;
-                if (const char* code = PQresultErrorField(res, PG_DIAG_SQLSTATE)) {
-                    std::strncpy(r.sqlstate, code, 5);
-                    r.sqlstate[5] = '\0';
-                }
-                if (want_message) {
-                    // Terse: no "LINE 1: <statement>" echo, so no statement text in the message.
-                    char* text = PQresultVerboseErrorMessage(res, PQERRORS_TERSE, PQSHOW_CONTEXT_NEVER);
-                    fail(exec_outcome::server_error, text ? text : PQresultErrorMessage(res));
-                    PQfreemem(text);
-                } else {
-                    r.outcome = exec_outcome::server_error;
+            if (ev == 0) {
+                if (clock::now() < s.step_deadline) return park();
+                refuse(s, "timed out after " + detail::show_ms(connect_timeout_), {}, true);
+                continue;
+            }
+            PostgresPollingStatusType st;
+            {
+                detail::fork_gate::step gate;
+                st = PQconnectPoll(s.conn);
+            }
+            if (st == PGRES_POLLING_FAILED) {
+                refuse_with_libpq_error(s);
+            } else if (st != PGRES_POLLING_OK) {
+                s.polling = st;
+            } else {
+                PQsetErrorVerbosity(s.conn, PQERRORS_DEFAULT);
+                detail::watch_notices(s.conn);
+                s.in_setup = true;
+                s.setup_index = 0;
+                s.setup_sent = false;
+                // Non-blocking while the setup runs, so that a full send
+                // buffer cannot block; blocking again (libpq's default) after.
+                if (!options_.setup.empty() && PQsetnonblocking(s.conn, 1) != 0) {
+                    s.run = {};
+                    s.run.fail(detail::exec_outcome::io_error, PQerrorMessage(s.conn));
+                    refuse_setup(s);
                 }
             }
-            PQclear(res);
+            continue;
         }
-        const int ev = wait_for(fd, POLLIN, deadline);
-        if (ev == 0) return fail(exec_outcome::timeout, "timed out");
-        if (ev < 0) return fail(exec_outcome::io_error, "poll() failed");
-        if (!PQconsumeInput(h)) return fail(exec_outcome::io_error, PQerrorMessage(h));
-    }
-}
-
-inline void libpq_connector::run_setup(PGconn* c, clock::time_point deadline) const {
-    for (std::size_t i = 0; i < options_.setup.size(); ++i) {
-        const auto start = clock::now();
-        const auto r = exec_until(c, options_.setup[i].c_str(), std::min(deadline, start + options_.io_timeout), true);
-        if (r.outcome == detail::exec_outcome::ok) continue;
-        std::string what = "setup[" + std::to_string(i) + "] failed: ";
-        if (r.outcome == detail::exec_outcome::timeout) {
-            const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - start).count();
-            what += "timed out after " + std::to_string(ms) + " ms";
-        } else {
-            what += r.message;
+        if (s.setup_index == options_.setup.size()) {
+            if (!options_.setup.empty()) PQsetnonblocking(s.conn, 0);
+            handle done = std::exchange(s.conn, nullptr);
+            a.state_.reset();
+            return done;
         }
-        if (r.sqlstate[0]) what += std::string(" (SQLSTATE ") + r.sqlstate + ")";
-        // The server refused the statement: a retry will not change its mind.
-        // A connection lost or too slow on the way is a network matter.
-        fail_connect(std::move(what), r.sqlstate, r.outcome != detail::exec_outcome::server_error);
+        if (!s.setup_sent) {
+            s.setup_sent = true;
+            s.run = {};
+            s.step_deadline = saturating_add(clock::now(), options_.io_timeout);
+            if (!s.run.send(s.conn, options_.setup[s.setup_index].c_str(), true)) {
+                refuse_setup(s);
+                continue;
+            }
+        }
+        if (!s.run.drive(s.conn, std::min(deadline, s.step_deadline), false)) {
+            if (clock::now() < s.step_deadline) return park();
+            s.run.fail(detail::exec_outcome::timeout, "timed out");
+            refuse_setup(s);
+            continue;
+        }
+        if (s.run.result().outcome != detail::exec_outcome::ok) {
+            refuse_setup(s);
+            continue;
+        }
+        ++s.setup_index;
+        s.setup_sent = false;
     }
 }
 
 inline libpq_connector::handle libpq_connector::connect(clock::time_point deadline) const {
-    const auto start = clock::now();
-    const auto attempt_deadline = std::min(deadline, start + options_.connect_timeout);
-    auto timed_out = [&] {
-        const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - start).count();
-        fail_connect("timed out after " + std::to_string(ms) + " ms", {}, true);
-    };
-    if (start >= attempt_deadline) timed_out();
-
-    std::vector<const char*> keywords, values;
-    keywords.reserve(keywords_.size() + 1);
-    values.reserve(values_.size() + 1);
-    for (std::size_t i = 0; i < keywords_.size(); ++i) {
-        keywords.push_back(keywords_[i].c_str());
-        values.push_back(values_[i].c_str());
-    }
-    keywords.push_back(nullptr);
-    values.push_back(nullptr);
-
-    // expand_dbname = 0: a URI was already taken apart by PQconninfoParse.
-    std::unique_ptr<PGconn, detail::pgconn_deleter> c{PQconnectStartParams(keywords.data(), values.data(), 0)};
-    if (!c) fail_connect("out of memory", {}, true);
-    // Makes a server's FATAL carry its SQLSTATE in the message (see
-    // parse_connect_failure); set before any byte from the server is read.
-    PQsetErrorVerbosity(c.get(), PQERRORS_VERBOSE);
-    auto failed = [&] {
-        auto f = detail::parse_connect_failure(PQerrorMessage(c.get()));
-        fail_connect(std::move(f.text), std::move(f.sqlstate), f.transient);
-    };
-
-    // libpq's protocol: before the first PQconnectPoll, act as if it had
-    // asked to wait for writability.
-    PostgresPollingStatusType st = PQstatus(c.get()) == CONNECTION_BAD ? PGRES_POLLING_FAILED : PGRES_POLLING_WRITING;
-    while (st != PGRES_POLLING_OK) {
-        if (st == PGRES_POLLING_FAILED) failed();
-        // Re-read every time: a fallback (next host, sslmode=prefer without TLS) opens a new socket.
-        const int fd = PQsocket(c.get());
-        if (fd < 0) failed();
-        const int ev = wait_for(fd, st == PGRES_POLLING_READING ? POLLIN : POLLOUT, attempt_deadline);
-        if (ev == 0) timed_out();
-        if (ev < 0) {
-            const int e = errno;
-            fail_connect(std::string("poll() failed: ") + std::strerror(e), {}, true);
-        }
-        st = PQconnectPoll(c.get());
-    }
-    PQsetErrorVerbosity(c.get(), PQERRORS_DEFAULT);
-    if (PQnoticeReceiver previous = PQsetNoticeReceiver(c.get(), &detail::watch_for_fatal, nullptr);
-        previous && previous != &detail::watch_for_fatal)
-        detail::default_notice_receiver.store(previous, std::memory_order_relaxed);
-    run_setup(c.get(), deadline);
-    return c.release();
-}
-
-inline void libpq_connector::abandon(handle h) const noexcept {
-    if (!h) return;
-    const int fd = PQsocket(h);
-    if (fd >= 0) {
-        const int devnull = ::open("/dev/null", O_RDWR | O_CLOEXEC);
-        if (devnull < 0) return; // leak: no descriptor to neutralise the socket with
-        int r;
-        // EBUSY: Linux's dup2 racing an open() of the same number in another thread.
-        do r = ::dup2(devnull, fd);
-        while (r < 0 && (errno == EINTR || errno == EBUSY));
-        ::close(devnull);
-        if (r < 0) return; // leak: the socket is still the parent's, PQfinish would write on it
-    }
-    PQfinish(h);
+    attempt a;
+    if (handle h = continue_connect(a, deadline)) return h;
+    const state& s = *a.state_;
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - s.started).count();
+    std::string what = "timed out after " + std::to_string(ms) + " ms";
+    if (!s.refusals.empty()) what += " (before: " + refusals(s) + ")";
+    std::string sqlstate = s.sqlstate;
+    cancel_connect(a);
+    fail_connect(what, std::move(sqlstate), true);
 }
 
 inline bool libpq_connector::probe(handle h) const noexcept {
@@ -668,21 +595,14 @@ inline bool libpq_connector::probe(handle h) const noexcept {
     return true;
 }
 
-inline bool libpq_connector::ping(handle h, clock::time_point deadline) const noexcept {
-    if (!h || PQstatus(h) != CONNECTION_OK) return false;
-    const auto r = exec_until(h, "", deadline, false);
-    return r.outcome == detail::exec_outcome::ok && r.last == PGRES_EMPTY_QUERY &&
-           PQtransactionStatus(h) == PQTRANS_IDLE;
-}
-
 inline bool libpq_connector::reset(handle h, bool discard_all) const noexcept {
     if (!h || PQstatus(h) != CONNECTION_OK) return false;
 #ifdef LIBPQ_HAS_PIPELINING
     if (PQpipelineStatus(h) != PQ_PIPELINE_OFF) return false;
 #endif
-    const auto deadline = clock::now() + options_.io_timeout;
+    const auto deadline = saturating_add(clock::now(), options_.io_timeout);
     auto run = [&](const char* sql) {
-        return exec_until(h, sql, deadline, false).outcome == detail::exec_outcome::ok &&
+        return detail::exec_until(h, sql, deadline, false).outcome == detail::exec_outcome::ok &&
                PQtransactionStatus(h) == PQTRANS_IDLE;
     };
     switch (PQtransactionStatus(h)) {

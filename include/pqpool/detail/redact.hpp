@@ -5,13 +5,19 @@
 // libpq's parse errors quote pieces of the input (`missing "=" after "secret"
 // in connection info string`), and when PQconninfoParse has just refused the
 // input there is no parse result to take the password from. So the password is
-// looked for here with a scanner of our own, and quoted fragments are scrubbed
-// conservatively: a fragment survives only if it is a connection keyword or
-// one of the punctuation marks libpq's own message templates quote. Everything
-// here errs towards hiding too much; an unreadable message is a nuisance, a
-// password in a log is an incident.
+// looked for here with a scanner of our own, and quoted fragments of a parse
+// error are scrubbed conservatively: a fragment survives only if it is a
+// connection keyword or one of the punctuation marks libpq's own message
+// templates quote.
 //
-// No libpq dependency, so it can be tested on its own.
+// Elsewhere (libpq's and the server's text about a failed connect) a secret is
+// replaced only where it stands as a whole token: a short password such as
+// "pool" must not turn "pqpool" into "pq***". Our own text is never scrubbed;
+// it holds no secret by construction (conninfo.hpp rejects URIs whose password
+// libpq would carve into other fields).
+//
+// No libpq dependency, so it can be tested on its own: the keyword lists come
+// from libpq through conninfo.hpp.
 
 #include <algorithm>
 #include <cstddef>
@@ -23,50 +29,57 @@ namespace pqpool::detail {
 
 inline constexpr std::string_view redacted_mark = "***";
 
-// Connection keywords of libpq 15 plus the ones later versions added. A quoted
-// keyword in a message is harmless and helps the reader ("missing "=" after
-// "password""); a keyword a future libpq adds and this list lacks is merely
-// redacted.
-inline constexpr std::string_view conninfo_keywords[] = {
-    "service", "user", "password", "passfile", "channel_binding", "connect_timeout", "dbname", "host", "hostaddr",
-    "port", "client_encoding", "options", "application_name", "fallback_application_name", "keepalives",
-    "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout", "sslmode",
-    "sslcompression", "sslcert", "sslkey", "sslpassword", "sslrootcert", "sslcrl", "sslcrldir", "sslsni",
-    "requirepeer", "ssl_min_protocol_version", "ssl_max_protocol_version", "gssencmode", "krbsrvname", "gsslib",
-    "replication", "target_session_attrs", "authtype", "tty", "require_auth", "sslcertmode", "load_balance_hosts",
-    "sslnegotiation", "gssdelegation", "min_protocol_version", "max_protocol_version", "sslkeylogfile",
-    "scram_client_key", "scram_server_key"};
+// The connection keywords libpq knows, and those whose values are secrets
+// (libpq marks them with dispchar "*").
+struct conninfo_vocabulary {
+    std::vector<std::string> keywords;
+    std::vector<std::string> secret_keywords;
 
-// Keywords whose values are secrets. libpq marks these with dispchar "*"; this
-// list is for raw input that libpq could not parse.
-inline constexpr std::string_view secret_keywords[] = {"password", "sslpassword", "scram_client_key",
-                                                       "scram_server_key"};
+    bool is_keyword(std::string_view s) const noexcept {
+        return std::find(keywords.begin(), keywords.end(), s) != keywords.end();
+    }
+    bool is_secret(std::string_view s) const noexcept {
+        return std::find(secret_keywords.begin(), secret_keywords.end(), s) != secret_keywords.end();
+    }
+};
 
 // What libpq's message templates themselves put in quotes (`missing "=" after`,
 // `matching "]"`, `(expected ":" or "/")`): keeping them keeps the message
 // readable.
 inline constexpr std::string_view template_punctuation[] = {"=", "]", ":", "/"};
 
-inline bool is_conninfo_keyword(std::string_view s) noexcept {
-    return std::find(std::begin(conninfo_keywords), std::end(conninfo_keywords), s) != std::end(conninfo_keywords);
+// Part of a token: a letter, a digit, '_' or any byte of a multibyte UTF-8
+// character.
+constexpr bool is_token_char(char c) noexcept {
+    const auto u = static_cast<unsigned char>(c);
+    return (u >= '0' && u <= '9') || (u >= 'a' && u <= 'z') || (u >= 'A' && u <= 'Z') || u == '_' || u >= 0x80;
 }
 
-// Replaces every occurrence of `secret` in `text` with the mark. An empty
-// secret is no secret.
-inline void scrub_secret(std::string& text, std::string_view secret) {
+// Replaces each occurrence of `secret` in `text` that stands as a whole token:
+// not one glued to letters or digits on a side where the secret itself starts
+// or ends with one. An empty secret is no secret.
+inline void scrub_token(std::string& text, std::string_view secret) {
     if (secret.empty()) return;
-    for (std::size_t at = text.find(secret); at != std::string::npos; at = text.find(secret, at)) {
+    const bool word_start = is_token_char(secret.front()), word_end = is_token_char(secret.back());
+    for (std::size_t at = text.find(secret); at != std::string::npos;) {
+        const std::size_t end = at + secret.size();
+        const bool glued = (word_start && at > 0 && is_token_char(text[at - 1])) ||
+                           (word_end && end < text.size() && is_token_char(text[end]));
+        if (glued) {
+            at = text.find(secret, at + 1);
+            continue;
+        }
         text.replace(at, secret.size(), redacted_mark);
-        at += redacted_mark.size();
+        at = text.find(secret, at + redacted_mark.size());
     }
 }
 
-inline void scrub_secrets(std::string& text, const std::vector<std::string>& secrets) {
+inline void scrub_tokens(std::string& text, const std::vector<std::string>& secrets) {
     // Longest first, so a secret that contains another is not half-replaced.
     std::vector<const std::string*> order;
     for (const auto& s : secrets) order.push_back(&s);
     std::sort(order.begin(), order.end(), [](auto* a, auto* b) { return a->size() > b->size(); });
-    for (auto* s : order) scrub_secret(text, *s);
+    for (auto* s : order) scrub_token(text, *s);
 }
 
 // A URI's percent-encoding undone; on a malformed escape, the input unchanged
@@ -94,14 +107,14 @@ inline std::string percent_decode(std::string_view s) {
     return out;
 }
 
-inline bool is_secret_keyword(std::string_view s) noexcept {
-    return std::find(std::begin(secret_keywords), std::end(secret_keywords), s) != std::end(secret_keywords);
+inline bool is_uri(std::string_view in) noexcept {
+    return in.substr(0, 13) == "postgresql://" || in.substr(0, 11) == "postgres://";
 }
 
 // The secret values in a conninfo string or URI, found without libpq's parser
 // (which may have just rejected the input). Over-reporting is harmless, so
 // every plausible reading of malformed input is included.
-inline std::vector<std::string> find_secrets(std::string_view in) {
+inline std::vector<std::string> find_secrets(std::string_view in, const conninfo_vocabulary& vocab) {
     std::vector<std::string> out;
     auto add = [&](std::string_view v) {
         if (v.empty()) return;
@@ -110,29 +123,26 @@ inline std::vector<std::string> find_secrets(std::string_view in) {
     };
     auto is_space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; };
 
-    const bool uri = in.substr(0, 13) == "postgresql://" || in.substr(0, 11) == "postgres://";
-    if (uri) {
-        const std::size_t start = in.find("://") + 3;
-        // userinfo: libpq ends it at the first '@' before any '/'. A password
-        // with a raw '/' or '@' confuses that, so take both the first and the
-        // last '@' as possible ends.
-        const std::size_t query = in.find('?', start);
-        const std::string_view authority = in.substr(start, query == std::string_view::npos ? in.npos : query - start);
-        const std::size_t colon = authority.find(':');
-        for (std::size_t at : {authority.find('@'), authority.rfind('@')}) {
-            if (at == std::string_view::npos || colon == std::string_view::npos || colon > at) continue;
-            add(authority.substr(colon + 1, at - colon - 1));
-        }
-        if (query != std::string_view::npos) {
-            std::string_view q = in.substr(query + 1);
-            while (!q.empty()) {
-                const std::size_t amp = q.find('&');
-                const std::string_view param = q.substr(0, amp);
+    if (is_uri(in)) {
+        const std::string_view rest = in.substr(in.find("://") + 3);
+        // userinfo: libpq ends it at the first '@' before any '/', but a
+        // password with a raw '/', '@' or '?' confuses any reading, so every
+        // '@' is taken as a possible end, and the first ':' (a user name
+        // cannot hold one unencoded) as the start.
+        const std::size_t colon = rest.find(':');
+        for (std::size_t at = rest.find('@'); at != std::string_view::npos; at = rest.find('@', at + 1))
+            if (colon != std::string_view::npos && colon < at) add(rest.substr(colon + 1, at - colon - 1));
+        // Query parameters naming a secret keyword.
+        for (std::size_t q = rest.find('?'); q != std::string_view::npos; q = rest.find('?', q + 1)) {
+            std::string_view params = rest.substr(q + 1);
+            while (!params.empty()) {
+                const std::size_t amp = params.find('&');
+                const std::string_view param = params.substr(0, amp);
                 const std::size_t eq = param.find('=');
-                if (eq != std::string_view::npos && is_secret_keyword(percent_decode(param.substr(0, eq))))
+                if (eq != std::string_view::npos && vocab.is_secret(percent_decode(param.substr(0, eq))))
                     add(param.substr(eq + 1));
                 if (amp == std::string_view::npos) break;
-                q.remove_prefix(amp + 1);
+                params.remove_prefix(amp + 1);
             }
         }
         return out;
@@ -140,7 +150,7 @@ inline std::vector<std::string> find_secrets(std::string_view in) {
 
     // key = value: every secret keyword that starts a word and is followed by
     // '=' (spaces allowed around it, as libpq allows).
-    for (std::string_view key : secret_keywords) {
+    for (const std::string& key : vocab.secret_keywords) {
         for (std::size_t at = in.find(key); at != std::string_view::npos; at = in.find(key, at + 1)) {
             if (at > 0 && !is_space(in[at - 1])) continue;
             std::size_t i = at + key.size();
@@ -148,22 +158,14 @@ inline std::vector<std::string> find_secrets(std::string_view in) {
             if (i >= in.size() || in[i] != '=') continue;
             ++i;
             while (i < in.size() && is_space(in[i])) ++i;
-            std::string value, raw;
-            if (i < in.size() && in[i] == '\'') {
-                const std::size_t open = ++i;
-                for (; i < in.size() && in[i] != '\''; ++i) {
-                    if (in[i] == '\\' && i + 1 < in.size()) ++i;
-                    value += in[i];
-                }
-                raw = std::string(in.substr(open, i - open));
-            } else {
-                const std::size_t open = i;
-                for (; i < in.size() && !is_space(in[i]); ++i) {
-                    if (in[i] == '\\' && i + 1 < in.size()) ++i;
-                    value += in[i];
-                }
-                raw = std::string(in.substr(open, i - open));
+            std::string value;
+            const bool quoted = i < in.size() && in[i] == '\'';
+            const std::size_t open = quoted ? ++i : i;
+            for (; i < in.size() && (quoted ? in[i] != '\'' : !is_space(in[i])); ++i) {
+                if (in[i] == '\\' && i + 1 < in.size()) ++i;
+                value += in[i];
             }
+            const std::string_view raw = in.substr(open, i - open);
             add(value);
             if (raw != value) add(raw);
         }
@@ -177,7 +179,7 @@ inline std::vector<std::string> find_secrets(std::string_view in) {
 // may itself contain quote characters, and pairing quotes inside user input
 // cannot be trusted. An unmatched quote redacts to the end of the line.
 // Sets `changed` when anything was replaced.
-inline std::string scrub_quoted_fragments(std::string_view text, bool& changed) {
+inline std::string scrub_quoted_fragments(std::string_view text, const conninfo_vocabulary& vocab, bool& changed) {
     std::string out;
     out.reserve(text.size());
     changed = false;
@@ -196,7 +198,7 @@ inline std::string scrub_quoted_fragments(std::string_view text, bool& changed) 
             const std::size_t close = line.find('"', open + 1);
             if (close != std::string_view::npos) {
                 const std::string_view inner = line.substr(open + 1, close - open - 1);
-                const bool keep = is_conninfo_keyword(inner) ||
+                const bool keep = vocab.is_keyword(inner) ||
                                   std::find(std::begin(template_punctuation), std::end(template_punctuation),
                                             inner) != std::end(template_punctuation);
                 if (keep) {
@@ -221,10 +223,11 @@ inline std::string scrub_quoted_fragments(std::string_view text, bool& changed) 
 }
 
 // A libpq parse error about `conninfo`, fit for an exception message.
-inline std::string redact_parse_error(std::string_view message, std::string_view conninfo) {
+inline std::string redact_parse_error(std::string_view message, std::string_view conninfo,
+                                      const conninfo_vocabulary& vocab) {
     bool changed = false;
-    std::string out = scrub_quoted_fragments(message, changed);
-    scrub_secrets(out, find_secrets(conninfo));
+    std::string out = scrub_quoted_fragments(message, vocab, changed);
+    scrub_tokens(out, find_secrets(conninfo, vocab));
     while (!out.empty() && (out.back() == '\n' || out.back() == ' ' || out.back() == '\t' || out.back() == '\r'))
         out.pop_back();
     if (changed) out += " (quoted parts of the input are shown as *** so that no password reaches a log)";

@@ -1,0 +1,369 @@
+#pragma once
+
+// The connector's I/O on libpq connections, every step bounded: the poll()
+// wait, statements sent and read in resumable steps, the cancel of a running
+// command, and the diagnosis of a failed connect (message, SQLSTATE,
+// transience).
+
+#include <pqpool/deadline.hpp>
+#include <pqpool/detail/fork_gate.hpp>
+#include <pqpool/error.hpp>
+
+#include <libpq-fe.h>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <condition_variable>
+#include <cstddef>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+
+namespace pqpool::detail {
+
+using io_clock = std::chrono::steady_clock;
+
+// poll()'s "the peer shut down its side", Linux-only; elsewhere a hang-up still
+// shows as POLLHUP, or as POLLIN followed by EOF in PQconsumeInput.
+#ifdef POLLRDHUP
+inline constexpr short poll_rdhup = POLLRDHUP;
+#else
+inline constexpr short poll_rdhup = 0;
+#endif
+
+// Waits until `fd` shows one of `events`; returns its revents, 0 when
+// `deadline` came first, -1 when poll() fails.
+//
+// `strict`: once the deadline has passed, not even a look (a ping or a reset
+// starts nothing late). Otherwise one look without waiting is always taken: a
+// connect attempt makes the progress that needs no waiting even for a caller
+// whose time is up, so that short waits can still finish a handshake in steps.
+inline int wait_for(int fd, short events, io_clock::time_point deadline, bool strict) noexcept {
+    for (bool first = true;; first = false) {
+        const auto now = io_clock::now();
+        if (now >= deadline && (strict || !first)) return 0;
+        // Rounded up so poll() never wakes before the deadline and spins.
+        const long long ms =
+            now >= deadline ? 0
+                            : std::min<long long>(std::chrono::ceil<std::chrono::milliseconds>(deadline - now).count(),
+                                                  INT_MAX);
+        pollfd p{fd, events, 0};
+        const int n = ::poll(&p, 1, static_cast<int>(ms));
+        if (n > 0) return p.revents;
+        if (n < 0 && errno != EINTR) return -1;
+    }
+}
+
+// PQfinish under the fork gate: it frees TLS state under OpenSSL's locks.
+inline void finish(PGconn* c) noexcept {
+    if (!c) return;
+    fork_gate::step gate;
+    PQfinish(c);
+}
+
+// Points the connection's socket at /dev/null, so that nothing PQfinish
+// writes (Terminate, a TLS close_notify) reaches a socket shared with another
+// process. False when that cannot be done: then the caller must not PQfinish.
+inline bool silence_socket(PGconn* c) noexcept {
+    const int fd = PQsocket(c);
+    if (fd < 0) return true;
+    const int devnull = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (devnull < 0) return false;
+    int r;
+    // EBUSY: Linux's dup2 racing an open() of the same number in another thread.
+    do r = ::dup2(devnull, fd);
+    while (r < 0 && (errno == EINTR || errno == EBUSY));
+    ::close(devnull);
+    return r >= 0;
+}
+
+// ---------------------------------------------------------------------------
+// Statements
+
+enum class exec_outcome { ok, server_error, io_error, timeout };
+
+struct exec_result {
+    exec_outcome outcome = exec_outcome::ok;
+    ExecStatusType last = PGRES_COMMAND_OK; // status of the first failed result, else of the last one
+    char sqlstate[6] = {};                  // of the first failed result, if the server sent one
+    std::string message;                    // filled on failure only, and only when asked for
+};
+
+// One statement sent and its results read, in steps that never wait past a
+// deadline: `drive` returns false when the deadline comes first and may be
+// called again later (a connect attempt's setup statements resume where they
+// stopped). The connection must be in non-blocking mode, so that a full send
+// buffer cannot block PQsendQuery or PQflush.
+class statement_run {
+public:
+    // False, with result() filled, when the statement could not be sent.
+    bool send(PGconn* h, const char* sql, bool want_message) {
+        want_message_ = want_message;
+        if (PQsocket(h) < 0 || PQstatus(h) != CONNECTION_OK || !PQsendQuery(h, sql))
+            return fail(exec_outcome::io_error, PQerrorMessage(h));
+        return true;
+    }
+
+    // True when the statement is done (ok or not: see result()).
+    bool drive(PGconn* h, io_clock::time_point deadline, bool strict) {
+        const int fd = PQsocket(h);
+        if (fd < 0) return fail(exec_outcome::io_error, PQerrorMessage(h));
+        while (!flushed_) {
+            const int f = PQflush(h);
+            if (f == 0) {
+                flushed_ = true;
+                break;
+            }
+            if (f < 0) return fail(exec_outcome::io_error, PQerrorMessage(h));
+            // As libpq's docs ask: while output is pending, also read, or a
+            // server blocked on its own full send buffer would deadlock us.
+            const int ev = wait_for(fd, POLLOUT | POLLIN, deadline, strict);
+            if (ev == 0) return false;
+            if (ev < 0) return fail(exec_outcome::io_error, "poll() failed");
+            if ((ev & POLLIN) && !PQconsumeInput(h)) return fail(exec_outcome::io_error, PQerrorMessage(h));
+        }
+        for (;;) {
+            while (!PQisBusy(h)) {
+                PGresult* res = PQgetResult(h);
+                if (!res) {
+                    // The connection broke mid-way: a network failure, not the server refusing the SQL.
+                    if (failed_ && PQstatus(h) != CONNECTION_OK) r_.outcome = exec_outcome::io_error;
+                    return true;
+                }
+                if (!take(res)) return true;
+            }
+            const int ev = wait_for(fd, POLLIN, deadline, strict);
+            if (ev == 0) return false;
+            if (ev < 0) return fail(exec_outcome::io_error, "poll() failed");
+            if (!PQconsumeInput(h)) return fail(exec_outcome::io_error, PQerrorMessage(h));
+        }
+    }
+
+    const exec_result& result() const noexcept { return r_; }
+
+    // Marks the run failed with `text` (trimmed); returns true ("done").
+    bool fail(exec_outcome why, const char* text) {
+        r_.outcome = why;
+        if (want_message_) {
+            r_.message = text && *text ? text : "connection lost";
+            while (!r_.message.empty() && (r_.message.back() == '\n' || r_.message.back() == ' '))
+                r_.message.pop_back();
+        }
+        return true;
+    }
+
+private:
+    // Takes one result; false when reading must stop here.
+    bool take(PGresult* res) {
+        const ExecStatusType st = PQresultStatus(res);
+        if (!failed_) r_.last = st;
+        if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
+            // Cannot be drained without speaking COPY; the caller closes the connection.
+            PQclear(res);
+            failed_ = true;
+            fail(exec_outcome::server_error, "the statement started a COPY, which is not supported here");
+            return false;
+        }
+        if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY && !failed_) {
+            failed_ = true;
+            if (const char* code = PQresultErrorField(res, PG_DIAG_SQLSTATE)) {
+                std::strncpy(r_.sqlstate, code, 5);
+                r_.sqlstate[5] = '\0';
+            }
+            if (want_message_) {
+                // Terse: no "LINE 1: <statement>" echo, so no statement text in the message.
+                char* text = PQresultVerboseErrorMessage(res, PQERRORS_TERSE, PQSHOW_CONTEXT_NEVER);
+                fail(exec_outcome::server_error, text ? text : PQresultErrorMessage(res));
+                PQfreemem(text);
+            } else {
+                r_.outcome = exec_outcome::server_error;
+            }
+        }
+        PQclear(res);
+        return true;
+    }
+
+    exec_result r_;
+    bool flushed_ = false, failed_ = false, want_message_ = false;
+};
+
+// Runs `sql` on an idle connection and reads every result, never waiting past
+// `deadline`; once it has passed, nothing is sent, so a caller that had no
+// time left does not lose a clean connection.
+inline exec_result exec_until(PGconn* h, const char* sql, io_clock::time_point deadline, bool want_message) {
+    statement_run run;
+    if (PQsocket(h) < 0 || PQstatus(h) != CONNECTION_OK) {
+        run.send(h, sql, want_message); // fails and fills the message
+        return run.result();
+    }
+    if (io_clock::now() >= deadline) {
+        exec_result r;
+        r.outcome = exec_outcome::timeout;
+        if (want_message) r.message = "timed out";
+        return r;
+    }
+    // Non-blocking while we own the socket; the caller's mode comes back after.
+    const bool was_nonblocking = PQisnonblocking(h) != 0;
+    if (!was_nonblocking && PQsetnonblocking(h, 1) != 0) {
+        run.fail(exec_outcome::io_error, PQerrorMessage(h));
+        return run.result();
+    }
+    if (run.send(h, sql, want_message) && !run.drive(h, deadline, true)) run.fail(exec_outcome::timeout, "timed out");
+    if (!was_nonblocking) PQsetnonblocking(h, 0);
+    return run.result();
+}
+
+// ---------------------------------------------------------------------------
+// Cancelling a running command
+
+// Asks the server to cancel what `h` is running, waiting at most `timeout`.
+//
+// libpq 15's PQcancel blocks (its own TCP connect, a write, a read until the
+// server closes) and takes no timeout; it does apply the connection's
+// keepalive and tcp_user_timeout settings. So it runs on a short-lived
+// detached thread that owns everything it uses, and the caller waits for it
+// at most `timeout`; a slower cancel finishes (or fails) on its own. If no
+// thread can be made, nothing is cancelled.
+inline void cancel_running(PGconn* h, std::chrono::milliseconds timeout) noexcept {
+    PGcancel* cancel = PQgetCancel(h);
+    if (!cancel) return;
+    struct done_flag {
+        std::mutex m;
+        std::condition_variable cv;
+        bool done = false;
+    };
+    std::shared_ptr<done_flag> flag;
+    try {
+        flag = std::make_shared<done_flag>();
+        std::thread([cancel, flag] {
+            char err[256];
+            (void)PQcancel(cancel, err, sizeof err);
+            PQfreeCancel(cancel);
+            {
+                const std::lock_guard<std::mutex> lock(flag->m);
+                flag->done = true;
+            }
+            flag->cv.notify_all();
+        }).detach();
+    } catch (...) {
+        PQfreeCancel(cancel);
+        return;
+    }
+    std::unique_lock<std::mutex> lock(flag->m);
+    flag->cv.wait_until(lock, saturating_add(io_clock::now(), timeout), [&] { return flag->done; });
+}
+
+// ---------------------------------------------------------------------------
+// Connect failures
+
+// libpq reports a failed connect only as text: no PGresult, no SQLSTATE field.
+// With PQERRORS_VERBOSE a server's FATAL reads `FATAL:  28P01: password
+// authentication failed ...` (severity, two spaces, the code, a colon), so the
+// code is taken from there. The severity word may be translated; the shape is
+// not.
+inline std::string last_sqlstate_in(std::string_view msg) {
+    auto code_char = [](char c) { return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z'); };
+    std::string found;
+    for (std::size_t at = msg.find(":  "); at != std::string_view::npos; at = msg.find(":  ", at + 1)) {
+        const std::size_t c = at + 3;
+        if (c + 7 > msg.size()) break;
+        if (std::all_of(msg.begin() + static_cast<std::ptrdiff_t>(c), msg.begin() + static_cast<std::ptrdiff_t>(c + 5),
+                        code_char) &&
+            msg[c + 5] == ':' && msg[c + 6] == ' ')
+            found = std::string(msg.substr(c, 5));
+    }
+    return found;
+}
+
+// Failures with no SQLSTATE that no retry will cure: TLS certificate trouble,
+// values libpq rejects, a name that does not resolve. (A missing password is
+// told by PQconnectionNeedsPassword.) Any other failure without a SQLSTATE is
+// network-level (refused, unreachable, timed out, closed by the server) and
+// worth retrying. These are libpq's English texts; under a translated libpq
+// nothing matches and failures count as transient, which costs retries, never
+// a wrong success.
+inline bool looks_like_configuration_mistake(std::string_view msg) noexcept {
+    constexpr std::string_view markers[] = {
+        "certificate",                  // verify failed, host name mismatch, unreadable file, client cert refused
+        "private key",                  // unreadable or world-readable sslkey
+        "does not support SSL",         // sslmode=require against a server without TLS
+        "GSSAPI encryption required",   // gssencmode=require and none possible
+        "invalid ",                     // invalid port number / sslmode value / integer value / response
+        "could not parse network address",
+        "could not match",              // port count does not match host count
+        "channel binding",
+        "authentication method",        // an authentication method libpq does not support
+        "requirepeer",
+        "Name or service not known",    // NXDOMAIN; "Temporary failure in name resolution" stays transient
+        "No address associated with hostname",
+        "unsupported protocol",
+    };
+    return std::any_of(std::begin(markers), std::end(markers),
+                       [&](std::string_view m) { return msg.find(m) != std::string_view::npos; });
+}
+
+struct libpq_failure {
+    std::string text;     // libpq's message without the LOCATION lines, trimmed
+    std::string sqlstate; // of the last server that answered, or empty
+    bool transient = true;
+};
+
+// Turns libpq's (verbose) connect error into message, SQLSTATE and
+// transience. With an sslmode=prefer fallback the message holds one part per
+// try; the last server that answered decides.
+inline libpq_failure parse_connect_failure(std::string_view raw, bool needs_password) {
+    libpq_failure f;
+    while (!raw.empty()) {
+        const std::size_t nl = raw.find('\n');
+        const std::string_view line = raw.substr(0, nl == std::string_view::npos ? raw.size() : nl + 1);
+        raw.remove_prefix(line.size());
+        // Verbose mode adds the server's source position: noise to a reader.
+        if (line.substr(0, 9) == "LOCATION:") continue;
+        f.text.append(line);
+    }
+    while (!f.text.empty() && (f.text.back() == '\n' || f.text.back() == ' ' || f.text.back() == '\t'))
+        f.text.pop_back();
+    if (f.text.empty()) f.text = "unknown error (libpq gave no message)";
+    f.sqlstate = last_sqlstate_in(f.text);
+    f.transient = !needs_password && (f.sqlstate.empty() ? !looks_like_configuration_mistake(f.text)
+                                                         : is_transient_sqlstate(f.sqlstate));
+    return f;
+}
+
+// ---------------------------------------------------------------------------
+// Notices
+
+// A FATAL or PANIC that the server sends to an idle connection (57P01 when the
+// backend is terminated, 57P05 on idle_session_timeout, a shutdown) reaches
+// libpq's notice receiver as soon as the input is parsed, while the socket may
+// stay open for milliseconds more. probe() parses what arrived and asks this
+// receiver, installed on every connection the connector opens, whether it saw
+// one. Every notice is then handed on to libpq's default receiver (which
+// ignores its argument), so the application's notice processor still sees it.
+inline thread_local bool fatal_notice_seen = false;
+inline std::atomic<PQnoticeReceiver> default_notice_receiver{nullptr};
+
+inline void watch_for_fatal(void* arg, const PGresult* res) {
+    const char* severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    if (severity && (std::strcmp(severity, "FATAL") == 0 || std::strcmp(severity, "PANIC") == 0))
+        fatal_notice_seen = true;
+    if (PQnoticeReceiver next = default_notice_receiver.load(std::memory_order_relaxed)) next(arg, res);
+}
+
+inline void watch_notices(PGconn* c) noexcept {
+    if (PQnoticeReceiver previous = PQsetNoticeReceiver(c, &watch_for_fatal, nullptr);
+        previous && previous != &watch_for_fatal)
+        default_notice_receiver.store(previous, std::memory_order_relaxed);
+}
+
+} // namespace pqpool::detail
