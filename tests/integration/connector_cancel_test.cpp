@@ -1,0 +1,58 @@
+// close() on a connection whose command is still running cancels it first, so
+// the backend does not run on in the server after the client has gone; a
+// cancel that cannot be delivered holds close() no longer than cancel_timeout.
+
+#include "connector_support.hpp"
+
+#include <pqpool/connector/libpq.hpp>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+using namespace std::chrono_literals;
+using namespace pqpool::test::connector;
+using pqpool::libpq_connector;
+using pqpool::libpq_options;
+using pqpool::test::admin;
+using pqpool::test::named;
+using pqpool::test::unique_name;
+
+TEST_CASE("libpq_connector: close() cancels a running command, so its backend goes away",
+          "[integration][libpq]") {
+    const std::string app = unique_name("pqpool_cancel");
+    const libpq_connector c = named(sbx().tls(), app);
+    admin server;
+    std::vector<PGconn*> busy;
+    for (int i = 0; i < 6; ++i) {
+        PGconn* h = c.connect(in(10s));
+        REQUIRE(PQsendQuery(h, "SELECT pg_sleep(60)") == 1);
+        REQUIRE(PQtransactionStatus(h) == PQTRANS_ACTIVE);
+        busy.push_back(h);
+    }
+    REQUIRE(server.settled_count(app, 6) == 6);
+    const auto start = clock_type::now();
+    for (PGconn* h : busy) c.close(h);
+    const auto took = clock_type::now() - start;
+    CAPTURE(std::chrono::duration_cast<std::chrono::milliseconds>(took).count());
+    CHECK(took < 6s); // each close waits at most cancel_timeout (1 s)
+    // Without the cancel the backends would sleep on for a minute.
+    CHECK(server.settled_count(app, 0) == 0);
+}
+
+TEST_CASE("libpq_connector: a cancel that cannot be delivered holds close() no longer than cancel_timeout",
+          "[integration][libpq]") {
+    // Through a proxy that goes silent: the cancel request's own connection
+    // reaches the proxy's listener and is never answered.
+    stall_proxy proxy{std::stoi(sbx().var("PQPOOL_TEST_PORT"))};
+    const libpq_connector c{local_conninfo(proxy.port()), libpq_options{.cancel_timeout = 300ms}};
+    PGconn* h = c.connect(in(10s));
+    REQUIRE(PQsendQuery(h, "SELECT pg_sleep(2)") == 1);
+    proxy.stall();
+    const auto start = clock_type::now();
+    c.close(h);
+    const auto took = clock_type::now() - start;
+    CAPTURE(std::chrono::duration_cast<std::chrono::milliseconds>(took).count());
+    CHECK(took >= 250ms);
+    CHECK(took < 2s);
+}
