@@ -127,7 +127,8 @@ inline std::string_view without_server_prefix(std::string_view text) {
 /// keepalives_idle=30 keepalives_interval=10 keepalives_count=3
 /// tcp_user_timeout=30000`, so a network path that died silently becomes a
 /// connection error after about 60 s idle, or 30 s with data unacknowledged.
-/// A keyword the user gave is never overridden.
+/// A keyword the user gave is never overridden (libpq applies the TCP
+/// settings only with keepalives on: `keepalives=0` turns them all off).
 ///
 /// Across `fork()`: the first connector a process builds installs a
 /// `pthread_atfork` handler that makes `fork()` wait until no thread is inside
