@@ -1,0 +1,198 @@
+// The connector's pure parts, without a server: the per-host plan (one libpq
+// connection per host, target_session_attrs passes, TCP defaults), the
+// resolved connect timeout, libpq's keyword lists, whole-token scrubbing, and
+// the fork gate's mechanics.
+
+#include "catch.hpp"
+
+#include <pqpool/connector/libpq.hpp>
+#include <pqpool/detail/conninfo.hpp>
+#include <pqpool/detail/fork_gate.hpp>
+#include <pqpool/detail/redact.hpp>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace std::chrono_literals;
+using pqpool::config_error;
+using pqpool::libpq_connector;
+using pqpool::libpq_options;
+namespace detail = pqpool::detail;
+
+namespace {
+
+// The plan for `conninfo` with an empty environment.
+std::vector<detail::connect_target> plan(const std::string& conninfo, const detail::libpq_defaults& env = {}) {
+    const detail::parsed_conninfo ci = detail::parse_conninfo(conninfo);
+    detail::check_conninfo(ci);
+    return detail::plan_connects(ci, env);
+}
+
+// A keyword's value in one target, or "(none)".
+std::string value(const detail::connect_target& t, const std::string& keyword) {
+    for (std::size_t i = 0; i < t.keywords.size(); ++i)
+        if (t.keywords[i] == keyword) return t.values[i];
+    return "(none)";
+}
+
+} // namespace
+
+TEST_CASE("conninfo: several hosts become one libpq connection each", "[unit][libpq]") {
+    SECTION("a port per host") {
+        const auto p = plan("host=a,b port=5001,5002 dbname=app");
+        REQUIRE(p.size() == 2);
+        CHECK(value(p[0], "host") == "a");
+        CHECK(value(p[0], "port") == "5001");
+        CHECK(value(p[1], "host") == "b");
+        CHECK(value(p[1], "port") == "5002");
+        CHECK(value(p[1], "dbname") == "app");
+        CHECK(p[0].label == "a:5001");
+        CHECK(p[1].label == "b:5002");
+    }
+    SECTION("one port for all, host names with addresses") {
+        const auto p = plan("host=a,b hostaddr=127.0.0.1,::1 port=6000");
+        REQUIRE(p.size() == 2);
+        CHECK(value(p[1], "host") == "b");
+        CHECK(value(p[1], "hostaddr") == "::1");
+        CHECK(value(p[1], "port") == "6000");
+        CHECK(p[0].label == "a (127.0.0.1):6000");
+    }
+    SECTION("target_session_attrs goes to each; prefer-standby is two passes") {
+        auto p = plan("host=a,b target_session_attrs=read-write");
+        REQUIRE(p.size() == 2);
+        CHECK(value(p[0], "target_session_attrs") == "read-write");
+        p = plan("host=a,b target_session_attrs=prefer-standby");
+        REQUIRE(p.size() == 4);
+        CHECK(value(p[0], "target_session_attrs") == "standby");
+        CHECK(value(p[1], "target_session_attrs") == "standby");
+        CHECK(value(p[2], "target_session_attrs") == "any");
+        CHECK(value(p[3], "host") == "b");
+    }
+    SECTION("hosts from the environment (PGHOST) are split too") {
+        detail::libpq_defaults env;
+        env.values = {{"host", "x,y"}, {"port", "5432"}};
+        const auto p = plan("dbname=app", env);
+        REQUIRE(p.size() == 2);
+        CHECK(value(p[1], "host") == "y");
+    }
+    SECTION("one host: libpq gets the connection string as it is") {
+        const auto p = plan("host=a target_session_attrs=prefer-standby");
+        REQUIRE(p.size() == 1);
+        CHECK(value(p[0], "target_session_attrs") == "prefer-standby");
+    }
+}
+
+TEST_CASE("conninfo: TCP keepalives and a user timeout unless the user chose", "[unit][libpq]") {
+    auto p = plan("host=a");
+    CHECK(value(p[0], "keepalives") == "1");
+    CHECK(value(p[0], "keepalives_idle") == "30");
+    CHECK(value(p[0], "keepalives_interval") == "10");
+    CHECK(value(p[0], "keepalives_count") == "3");
+    CHECK(value(p[0], "tcp_user_timeout") == "30000");
+
+    p = plan("host=a,b keepalives_idle=77 tcp_user_timeout=0");
+    for (const auto& t : p) {
+        CHECK(value(t, "keepalives_idle") == "77");
+        CHECK(value(t, "tcp_user_timeout") == "0");
+        CHECK(value(t, "keepalives_count") == "3");
+    }
+    // A service file decides everything it sets: no defaults, no split.
+    p = plan("service=pqpool_test_service host=a,b");
+    REQUIRE(p.size() == 1);
+    CHECK(value(p[0], "keepalives") == "(none)");
+}
+
+TEST_CASE("conninfo: the connect timeout per host", "[unit][libpq]") {
+    auto timeout = [](const std::string& ci, libpq_options o = {}) {
+        return libpq_connector{ci, std::move(o)}.connect_timeout();
+    };
+    constexpr auto forever = std::chrono::milliseconds::max();
+    CHECK(timeout("host=a") == 10s);
+    CHECK(timeout("host=a connect_timeout=5") == 5s);
+    CHECK(timeout("host=a connect_timeout=1") == 2s); // libpq's minimum
+    CHECK(timeout("host=a connect_timeout=0") == forever);
+    CHECK(timeout("host=a connect_timeout=-3") == forever);
+    CHECK(timeout("host=a", {.connect_timeout = 1500ms}) == 1500ms);
+    CHECK(timeout("host=a connect_timeout=5", {.connect_timeout = 5s}) == 5s);
+    CHECK(timeout("host=a connect_timeout=0", {.connect_timeout = forever}) == forever);
+    try {
+        timeout("host=a connect_timeout=5", {.connect_timeout = 3s});
+        FAIL("a disagreement was accepted");
+    } catch (const config_error& e) {
+        const std::string msg = e.what();
+        CAPTURE(msg);
+        CHECK(msg.find("connect_timeout=5") != std::string::npos);
+        CHECK(msg.find("libpq_options::connect_timeout (3000 ms)") != std::string::npos);
+    }
+    CHECK_THROWS_AS((libpq_connector{"host=a", {.cancel_timeout = 0ms}}), config_error);
+
+    detail::libpq_defaults env;
+    env.values = {{"connect_timeout", "4"}};
+    const auto ci = detail::parse_conninfo("host=a");
+    CHECK(detail::resolve_connect_timeout(ci, env, std::nullopt) == 4s); // PGCONNECT_TIMEOUT
+    CHECK(detail::resolve_connect_timeout(ci, env, 1s) == 1s);
+    env.values = {{"connect_timeout", "soon"}};
+    CHECK_THROWS_AS(detail::resolve_connect_timeout(ci, env, std::nullopt), config_error);
+}
+
+TEST_CASE("conninfo: libpq's keywords and secret keywords come from libpq", "[unit][libpq]") {
+    const auto& v = detail::libpq_vocabulary();
+    CHECK(v.is_keyword("target_session_attrs"));
+    CHECK(v.is_keyword("tcp_user_timeout"));
+    CHECK(v.is_secret("password"));
+    CHECK(v.is_secret("sslpassword"));
+    CHECK_FALSE(v.is_secret("user"));
+    // The raw scanner finds a secret keyword libpq knows, in input libpq refuses.
+    const auto found = detail::find_secrets("host=x sslpassword=Zq9-keypass bogus", v);
+    CHECK(std::find(found.begin(), found.end(), "Zq9-keypass") != found.end());
+}
+
+TEST_CASE("redact: a secret is scrubbed only as a whole token", "[unit][libpq]") {
+    std::string text = "pqpool: cannot connect to dbname=pqpool: FATAL: pool is \"pool\" (pool_x) pool";
+    detail::scrub_token(text, "pool");
+    CHECK(text == "pqpool: cannot connect to dbname=pqpool: FATAL: *** is \"***\" (pool_x) ***");
+
+    text = "a-b+c d a-b+cd xa-b+c";
+    detail::scrub_token(text, "a-b+c");
+    CHECK(text == "*** d a-b+cd xa-b+c");
+
+    text = "x/y@z and q/x/y@z/";
+    detail::scrub_token(text, "/y@z");
+    CHECK(text == "x*** and q/x***/");
+}
+
+TEST_CASE("fork gate: fork() waits for a connect step in flight; the child may take the gate", "[unit][libpq]") {
+    detail::fork_gate::install();
+    std::atomic<bool> inside{false};
+    std::thread step([&] {
+        detail::fork_gate::step gate;
+        inside = true;
+        std::this_thread::sleep_for(300ms);
+    });
+    while (!inside) std::this_thread::yield();
+    const auto start = std::chrono::steady_clock::now();
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        ::alarm(10); // a child that hangs dies of SIGALRM, and the test fails
+        { detail::fork_gate::step gate; } // would hang if the child inherited a held gate
+        ::_exit(0);
+    }
+    const auto waited = std::chrono::steady_clock::now() - start;
+    step.join();
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    CAPTURE(std::chrono::duration_cast<std::chrono::milliseconds>(waited).count());
+    CHECK(waited >= 200ms);
+    // And the parent's gate is open again.
+    detail::fork_gate::step gate;
+}
