@@ -11,91 +11,77 @@
 // forever in the child, and the child's first connect hangs on it. PQfinish
 // frees TLS state under the same locks, so it is gated too.
 //
-// Each libpq call of a connect step holds the gate shared for the duration of
-// that one non-blocking call only (the host-name lookup inside
+// Each libpq call of a connect step is one `step`: for the duration of that
+// one non-blocking call only (the host-name lookup inside
 // PQconnectStartParams is the one call that may block, for as long as the
-// resolver takes). A pthread_atfork prepare handler takes it exclusively, so
-// fork() waits for the steps in flight and new ones wait for the fork. The
-// lock prefers writers: a stream of connects cannot starve a fork.
+// resolver takes). A pthread_atfork prepare handler takes the gate's mutex and
+// waits until no step is in flight; the mutex stays held across the fork, so
+// a step that wants to start meanwhile waits for the fork (a stream of steps
+// cannot starve a fork: once the mutex is the fork's, no step starts). The
+// parent and child handlers release it: the forking thread is the one that
+// holds it, in both processes, so an ordinary unlock is valid in the child
+// too (unlike a rwlock, which glibc tells apart by a thread id the child's
+// thread no longer has).
 //
-// In the child the lock is initialised afresh instead of unlocked: glibc tells
-// a write unlock from a read unlock by comparing the writer's thread id with
-// the caller's, and fork() gives the child's only thread a new id. Nobody else
-// can hold it there: the child has one thread, and it held the lock
-// exclusively at the fork.
-//
-// Nested use would deadlock behind a waiting fork (the lock is
-// non-recursive): a gated call never takes the gate again.
+// Nested use would deadlock behind a waiting fork: a gated call never takes
+// the gate again, and never forks.
 
 #include <pthread.h>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <thread>
 
 namespace pqpool::detail {
 
 class fork_gate {
 public:
     // Registers the atfork handlers, once per process. Cheap after the first
-    // call (one acquire load in the static's guard). If registration fails
-    // (ENOMEM), the gate still works and forks simply do not wait.
+    // call (the static's guard). If registration fails (ENOMEM), the gate
+    // still counts steps and forks simply do not wait.
     static void install() noexcept {
         static const bool installed = ::pthread_atfork(&prepare, &parent, &child) == 0;
         (void)installed;
     }
 
-    // Holds the gate shared for its lifetime: around one libpq call.
+    // One gated libpq call: counted in flight for its lifetime. Cost: an
+    // uncontended lock and unlock, two atomic increments.
     class step {
     public:
-        step() noexcept : held_(::pthread_rwlock_rdlock(&lock()) == 0) {}
-        ~step() {
-            if (held_) ::pthread_rwlock_unlock(&lock());
+        step() noexcept {
+            const std::lock_guard<std::mutex> wait_for_fork(state().m);
+            state().in_flight.fetch_add(1, std::memory_order_acq_rel);
         }
+        ~step() { state().in_flight.fetch_sub(1, std::memory_order_acq_rel); }
         step(const step&) = delete;
         step& operator=(const step&) = delete;
-
-    private:
-        // EAGAIN (the reader count is full) leaves the step ungated rather
-        // than stuck; it cannot happen with a few threads.
-        bool held_;
     };
 
 private:
-    static void init(pthread_rwlock_t& l) noexcept {
-        pthread_rwlockattr_t attr;
-        ::pthread_rwlockattr_init(&attr);
-#if defined(__GLIBC__)
-        ::pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-#endif
-        ::pthread_rwlock_init(&l, &attr);
-        ::pthread_rwlockattr_destroy(&attr);
-    }
+    struct shared {
+        std::mutex m;
+        std::atomic<int> in_flight{0};
+    };
 
-    static pthread_rwlock_t& lock() noexcept {
+    static shared& state() noexcept {
         // Never destroyed: a thread may still connect while statics die.
-        static pthread_rwlock_t* const l = [] {
-            static pthread_rwlock_t storage;
-            init(storage);
-            return &storage;
-        }();
-        return *l;
+        static shared* const s = new shared;
+        return *s;
     }
 
-    // Written only by the forking thread between prepare and parent; two
-    // threads forking at once serialise on the lock itself.
-    static bool& writing() noexcept {
-        static bool w = false;
-        return w;
-    }
-
-    static void prepare() noexcept { writing() = ::pthread_rwlock_wrlock(&lock()) == 0; }
-    static void parent() noexcept {
-        if (writing()) {
-            writing() = false;
-            ::pthread_rwlock_unlock(&lock());
+    static void prepare() noexcept {
+        shared& s = state();
+        s.m.lock();
+        // Steps are short; a host-name lookup may take longer: back off.
+        auto pause = std::chrono::microseconds{20};
+        while (s.in_flight.load(std::memory_order_acquire) != 0) {
+            std::this_thread::sleep_for(pause);
+            if (pause < std::chrono::milliseconds{1}) pause *= 2;
         }
     }
-    static void child() noexcept {
-        writing() = false;
-        init(lock());
-    }
+    static void parent() noexcept { state().m.unlock(); }
+    static void child() noexcept { state().m.unlock(); }
 };
 
 } // namespace pqpool::detail
