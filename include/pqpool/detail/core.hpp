@@ -508,7 +508,8 @@ private:
         if constexpr (Concurrency::can_wait) {
             enqueue(&w, at_front);
             ++waiting_;
-            pass_permit(); // a parked chain or a free slot may be waiting for exactly this waiter
+            pass_permit();     // a parked chain or a free slot may be waiting for exactly this waiter
+            fail_stranded();   // or nothing at all could come back to it
             while (w.state == waiter::waiting) {
                 if (w.cv.wait_until(lock, until) == std::cv_status::timeout && w.state == waiter::waiting) return;
             }
@@ -589,6 +590,7 @@ private:
         std::lock_guard lock(mutex_);
         --in_use_;
         if (!pinned) ++pins_;
+        fail_stranded();
     }
 
     // Closes a connection counted in in_use_ (outside the lock), then frees its
@@ -600,6 +602,7 @@ private:
         std::unique_lock lock(mutex_);
         --in_use_;
         pass_permit();
+        fail_stranded();
         leave(lock);
     }
 
@@ -610,6 +613,7 @@ private:
         std::lock_guard lock(mutex_);
         --in_use_;
         pass_permit();
+        fail_stranded();
     }
 
     // Drives a chain (`ch`, or a new one for a fresh permit) until it yields a
@@ -833,6 +837,22 @@ private:
                 serve(w, waiter::got_chain);
             }
             return;
+        }
+    }
+
+    // Under the lock. Waiters whose own connects failed wait only for a
+    // connection to come back; once none is in use or idle, none can, and
+    // they get the last connect failure instead of waiting in vain.
+    void fail_stranded() noexcept {
+        if (in_use_ != 0 || !idle_.empty() || !last_failure_) return;
+        std::exception_ptr error;
+        for (waiter* w = head_; w;) {
+            waiter* next = w->next;
+            if (!w->accepts_chain && !w->holds_chain) {
+                if (!error) error = std::make_exception_ptr(*last_failure_);
+                serve(w, waiter::failed, nullptr, nullptr, error);
+            }
+            w = next;
         }
     }
 
