@@ -216,6 +216,12 @@ public:
         return core_->stats();
     }
 
+    /// The overflow policy object (its sizes and wait).
+    const Overflow& overflow() const {
+        if (!core_) throw_moved_from();
+        return core_->overflow();
+    }
+
     /// The observability policy object (e.g. `observability::counters`).
     const Observability& observer() const {
         if (!core_) throw_moved_from();

@@ -14,6 +14,8 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <random>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -56,6 +58,18 @@ struct fake_connection {
     bool busy = false;          // a query still running: reset must refuse
     bool closed = false;
     bool abandoned = false;
+    std::atomic<int> leases{0}; // leases holding it right now, as counted by a test (never more than one)
+};
+
+// Random faults, for tests that search the state space: each connect attempt,
+// ping and reset draws its fate from one seeded generator.
+struct chaos {
+    double transient = 0;   // probability that a connect fails transiently
+    double permanent = 0;   // ... permanently
+    double reset_fails = 0; // probability that a reset refuses the connection
+    std::chrono::microseconds max_connect_delay{0}; // uniform in [0, this]
+    std::chrono::microseconds max_ping_delay{0};
+    std::chrono::microseconds max_busy_close{0};    // closing a busy connection (a cancel) takes up to this
 };
 
 // What a connect attempt should do.
@@ -76,12 +90,29 @@ struct fake_server {
     int cancelled = 0, abandoned_attempts = 0; // connect attempts given up, dropped after fork
     int in_flight = 0, max_in_flight = 0; // connects under way at once (parked ones included)
     std::atomic<int> probes{0}, pings{0};
+    int max_open_or_opening = 0; // the most connections open plus connects under way at any instant
+    std::optional<chaos> random;  // when set, faults are drawn at random (the queue comes first)
+    std::mt19937_64 rng{1};
 
-    int open() {
-        std::lock_guard lock(m);
+    // Under m.
+    double draw() { return std::uniform_real_distribution<double>(0, 1)(rng); }
+    template <class D>
+    D draw_up_to(D most) {
+        return D{std::uniform_int_distribution<typename D::rep>(0, std::max<typename D::rep>(most.count(), 0))(rng)};
+    }
+    int open_locked() const {
         int n = 0;
         for (auto& c : connections) n += !(c->closed || c->abandoned);
         return n;
+    }
+    void kill(fake_connection* c) {
+        std::lock_guard lock(m);
+        c->alive = false;
+    }
+
+    int open() {
+        std::lock_guard lock(m);
+        return open_locked();
     }
     fake_connection& connection(int id) {
         std::lock_guard lock(m);
@@ -118,12 +149,23 @@ public:
             std::lock_guard lock(server_->m);
             server_->max_in_flight = std::max(server_->max_in_flight, ++server_->in_flight);
             ++server_->started;
+            server_->max_open_or_opening =
+                std::max(server_->max_open_or_opening, server_->open_locked() + server_->in_flight);
             a.started = true;
-            a.ready_at = Clock::now() + std::chrono::duration_cast<typename Clock::duration>(server_->connect_delay);
+            auto delay = std::chrono::duration_cast<typename Clock::duration>(server_->connect_delay);
             if (!server_->faults.empty()) {
                 a.outcome = server_->faults.front();
                 server_->faults.pop_front();
+            } else if (server_->random) {
+                const double x = server_->draw();
+                if (x < server_->random->transient)
+                    a.outcome = {fault::transient, "08001"};
+                else if (x < server_->random->transient + server_->random->permanent)
+                    a.outcome = {fault::permanent, "28P01"};
+                delay += std::chrono::duration_cast<typename Clock::duration>(
+                    server_->draw_up_to(server_->random->max_connect_delay));
             }
+            a.ready_at = Clock::now() + delay;
         }
         if (Clock::now() < a.ready_at) {
             const auto until = std::min(a.ready_at, deadline);
@@ -164,6 +206,14 @@ public:
         ++server_->abandoned_attempts;
     }
     void close(handle h) noexcept {
+        if constexpr (!std::is_same_v<Clock, manual_clock>) {
+            std::chrono::microseconds slow{0};
+            {
+                std::lock_guard lock(server_->m);
+                if (server_->random && h->busy) slow = server_->draw_up_to(server_->random->max_busy_close);
+            }
+            if (slow.count() > 0) std::this_thread::sleep_for(slow); // as libpq_connector cancels a running query
+        }
         std::lock_guard lock(server_->m);
         if (h->closed || h->abandoned) ++server_->misuse;
         h->closed = true;
@@ -189,7 +239,12 @@ public:
         ++server_->pings;
         if constexpr (!std::is_same_v<Clock, manual_clock>) {
             // A slow (or frozen) path: the answer takes ping_delay; the caller waits until its deadline at most.
-            if (const auto delay = server_->ping_delay; delay.count() > 0) {
+            auto delay = std::chrono::duration_cast<std::chrono::microseconds>(server_->ping_delay);
+            if (server_->random) {
+                std::lock_guard lock(server_->m);
+                delay += server_->draw_up_to(server_->random->max_ping_delay);
+            }
+            if (delay.count() > 0) {
                 const auto answer_at = Clock::now() + delay;
                 std::this_thread::sleep_until(std::min(answer_at, deadline));
                 if (Clock::now() < answer_at) return false;
@@ -203,6 +258,7 @@ public:
         std::lock_guard lock(server_->m);
         ++server_->resets;
         if (h->busy || !h->alive) return false;
+        if (server_->random && server_->draw() < server_->random->reset_fails) return false;
         h->in_transaction = false;
         return true;
     }
