@@ -139,6 +139,26 @@ TEST_CASE("libpq_connector: target_session_attrs is checked per host", "[integra
     }
 }
 
+TEST_CASE("libpq_connector: a name that does not resolve or a TLS failure moves on to the next host",
+          "[integration][libpq]") {
+    const std::string db_user = " dbname=" + sbx().var("PQPOOL_TEST_DBNAME") + " user=" + sbx().var("PQPOOL_TEST_USER");
+    SECTION("a name that does not resolve") {
+        const libpq_connector c{"host=pqpool-no-such-host.invalid,127.0.0.1 port=" + sandbox_port() + db_user +
+                                " sslmode=require"};
+        scoped h{c, c.connect(in(30s))};
+        CHECK(query(h.h, "SELECT 1") == "1");
+    }
+    SECTION("a certificate for another name") {
+        // The sandbox's certificate names localhost and 127.0.0.1, not the first name.
+        const libpq_connector c{"host=pqpool-wrong-name,localhost hostaddr=127.0.0.1,127.0.0.1 port=" +
+                                sandbox_port() + db_user +
+                                " sslmode=verify-full sslrootcert=" + sbx().var("PQPOOL_TEST_SSLROOTCERT")};
+        scoped h{c, c.connect(in(30s))};
+        CHECK(PQsslInUse(h.h) == 1);
+        CHECK(std::string(PQhost(h.h)) == "localhost");
+    }
+}
+
 TEST_CASE("libpq_connector: a server that refuses (not a network failure) ends the attempt, as in libpq",
           "[integration][libpq]") {
     const libpq_connector c{"host=127.0.0.1,127.0.0.1 port=" + sandbox_port() + "," + sandbox_port() +

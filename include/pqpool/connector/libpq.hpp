@@ -118,9 +118,10 @@ inline std::string_view without_server_prefix(std::string_view text) {
 /// gets its own libpq connection, and `target_session_attrs` is checked per
 /// host (`prefer-standby`: every host as a standby first, then every host as
 /// any server). The next host is tried after a network failure, a timeout, a
-/// server that does not fit `target_session_attrs` or answers 57P03; a server
-/// that refuses otherwise (wrong password, unknown database) ends the attempt,
-/// as in libpq.
+/// name that does not resolve, a TLS failure, or a server that does not fit
+/// `target_session_attrs` or answers 57P03 (not ready yet); a server that
+/// refuses (wrong or missing password, unknown database, a failed setup
+/// statement) ends the attempt, as libpq documents for authentication.
 ///
 /// Unless the connection string sets them (or names a `service`), connections
 /// use TCP keepalives and a TCP user timeout: `keepalives=1
@@ -331,7 +332,7 @@ private:
     void start_target(state& s) const;
     void note_socket(state& s, int fd) const noexcept;
     void forgive_parked_time(state& s) const noexcept;
-    void refuse(state& s, std::string why, std::string sqlstate, bool transient) const;
+    void refuse(state& s, std::string why, std::string sqlstate, bool transient, bool ends_attempt = false) const;
     void refuse_with_libpq_error(state& s) const;
     void refuse_setup(state& s) const;
     std::string refusals(const state& s) const;
@@ -412,22 +413,25 @@ inline void libpq_connector::forgive_parked_time(state& s) const noexcept {
     if (::poll(&p, 1, 0) > 0) s.step_deadline = saturating_add(s.step_deadline, clock::now() - s.parked_at);
 }
 
-inline void libpq_connector::refuse(state& s, std::string why, std::string sqlstate, bool transient) const {
+// `ends_attempt`: the server refused; the hosts after it are not tried.
+inline void libpq_connector::refuse(state& s, std::string why, std::string sqlstate, bool transient,
+                                    bool ends_attempt) const {
     s.refusals.push_back(plan_[s.target].label + ": " + why);
-    // As libpq: a server that answered with an error ends the attempt, unless
-    // it is only not ready yet (57P03, a standby starting up); so does a
-    // mistake no other host will fix.
-    const bool stop = !transient || (!sqlstate.empty() && sqlstate != "57P03");
     if (!sqlstate.empty()) s.sqlstate = std::move(sqlstate);
     s.transient = s.transient || transient;
     detail::finish(std::exchange(s.conn, nullptr));
     s.in_setup = false;
-    s.target = stop ? plan_.size() : s.target + 1;
+    s.target = ends_attempt ? plan_.size() : s.target + 1;
 }
 
 inline void libpq_connector::refuse_with_libpq_error(state& s) const {
-    auto f = detail::parse_connect_failure(PQerrorMessage(s.conn), PQconnectionNeedsPassword(s.conn) != 0);
-    refuse(s, scrubbed(std::move(f.text)), std::move(f.sqlstate), f.transient);
+    const bool needs_password = PQconnectionNeedsPassword(s.conn) != 0;
+    auto f = detail::parse_connect_failure(PQerrorMessage(s.conn), needs_password);
+    // As libpq: a server that answered with an error ends the attempt (the
+    // documented "authentication failed: the remaining hosts are not
+    // tried"), unless it is only not ready yet (57P03, a standby starting up).
+    const bool ends_attempt = needs_password || (!f.sqlstate.empty() && f.sqlstate != "57P03");
+    refuse(s, scrubbed(std::move(f.text)), std::move(f.sqlstate), f.transient, ends_attempt);
 }
 
 inline void libpq_connector::refuse_setup(state& s) const {
@@ -438,9 +442,11 @@ inline void libpq_connector::refuse_setup(state& s) const {
     else
         what += scrubbed(r.message);
     if (r.sqlstate[0]) what += std::string(" (SQLSTATE ") + r.sqlstate + ")";
-    // The server refused the statement: a retry will not change its mind. A
-    // connection lost or too slow on the way is a network matter.
-    refuse(s, std::move(what), r.sqlstate, r.outcome != detail::exec_outcome::server_error);
+    // The server refused the statement: a retry will not change its mind, and
+    // another host will not either. A connection lost or too slow on the way
+    // is a network matter.
+    const bool refused = r.outcome == detail::exec_outcome::server_error;
+    refuse(s, std::move(what), r.sqlstate, !refused, refused);
 }
 
 inline std::string libpq_connector::refusals(const state& s) const {
