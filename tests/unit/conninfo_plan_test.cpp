@@ -196,3 +196,34 @@ TEST_CASE("fork gate: fork() waits for a connect step in flight; the child may t
     // And the parent's gate is open again.
     detail::fork_gate::step gate;
 }
+
+TEST_CASE("libpq_io: a failed connect's message, SQLSTATE and transience", "[unit][libpq]") {
+    const std::string fatal = "connection to server at \"127.0.0.1\", port 5432 failed: FATAL:  28P01: password "
+                              "authentication failed for user \"app\"\nLOCATION:  auth_failed, auth.c:335\n";
+    auto f = detail::parse_connect_failure(fatal, false);
+    CHECK(f.sqlstate == "28P01");
+    CHECK_FALSE(f.transient);
+    CHECK(f.text.find("LOCATION") == std::string::npos);
+    CHECK(f.text.back() == '"');
+
+    f = detail::parse_connect_failure("FATAL:  57P03: the database system is starting up\n", false);
+    CHECK(f.sqlstate == "57P03");
+    CHECK(f.transient);
+
+    f = detail::parse_connect_failure("connection to server at \"127.0.0.1\", port 1 failed: Connection refused\n"
+                                      "\tIs the server running on that host and accepting TCP/IP connections?\n",
+                                      false);
+    CHECK(f.sqlstate.empty());
+    CHECK(f.transient);
+
+    // A server that asked for a password none was given for: no retry cures it.
+    f = detail::parse_connect_failure("fe_sendauth: no password supplied\n", true);
+    CHECK_FALSE(f.transient);
+
+    f = detail::parse_connect_failure("", false);
+    CHECK(f.text == "unknown error (libpq gave no message)");
+
+    CHECK(detail::without_server_prefix("connection to server at \"h\" (10.0.0.1), port 5432 failed: FATAL:  x") ==
+          "FATAL:  x");
+    CHECK(detail::without_server_prefix("timed out after 2000 ms") == "timed out after 2000 ms");
+}
