@@ -168,7 +168,7 @@ TEST_CASE("redact: a secret is scrubbed only as a whole token", "[unit][libpq]")
     CHECK(text == "x*** and q/x***/");
 }
 
-TEST_CASE("fork gate: fork() waits for a connect step in flight; the child may take the gate", "[unit][libpq]") {
+TEST_CASE("fork gate: fork() waits for a connect step in flight, and the child may take the gate", "[unit][libpq]") {
     detail::fork_gate::install();
     std::atomic<bool> inside{false};
     std::thread step([&] {
