@@ -22,6 +22,7 @@ struct null_connector {
     void cancel_connect(attempt&) noexcept {}
     void abandon_connect(attempt&) noexcept {}
     void close(handle h) noexcept { delete h; }
+    void discard(handle h) noexcept { delete h; }
     void abandon(handle h) noexcept { delete h; }
     bool probe(handle h) noexcept { return h != nullptr; }
     bool broken(handle h) noexcept { return h == nullptr; }

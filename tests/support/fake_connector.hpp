@@ -87,6 +87,7 @@ struct fake_server {
     std::chrono::milliseconds ping_delay{0};    // how long a ping's answer takes (real clock only)
     int connects = 0, attempts = 0, closes = 0, abandons = 0, resets = 0, misuse = 0;
     std::atomic<int> started{0}; // connect attempts begun (atomic: tests wait for it)
+    int discards = 0; // closes of connections given up on inside an acquire (counted in closes too)
     int cancelled = 0, abandoned_attempts = 0; // connect attempts given up, dropped after fork
     int in_flight = 0, max_in_flight = 0; // connects under way at once (parked ones included)
     std::atomic<int> probes{0}, pings{0};
@@ -218,6 +219,14 @@ public:
         if (h->closed || h->abandoned) ++server_->misuse;
         h->closed = true;
         ++server_->closes;
+    }
+    // Never slow: a connection given up on inside an acquire is not busy.
+    void discard(handle h) noexcept {
+        std::lock_guard lock(server_->m);
+        if (h->closed || h->abandoned) ++server_->misuse;
+        h->closed = true;
+        ++server_->closes;
+        ++server_->discards;
     }
     void abandon(handle h) noexcept {
         std::lock_guard lock(server_->m);

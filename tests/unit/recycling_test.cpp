@@ -187,7 +187,7 @@ TEST_CASE("a floor above what the overflow policy keeps idle is a config_error, 
     CHECK(s->started == 2);
 }
 
-TEST_CASE("maintain() with max_uses = 1 opens min_idle connections once; each serves one lease", "[recycling]") {
+TEST_CASE("maintain() with max_uses = 1 opens min_idle connections once, and each serves one lease", "[recycling]") {
     manual_clock::reset();
     auto s = std::make_shared<fake_server>();
     auto pool = make(s, {.max_uses = 1, .min_idle = 3}, 4);

@@ -38,6 +38,10 @@ struct connector_tag {};
 /// And for open connections:
 /// - `close(h)` ends the session politely (may write to the socket; a command
 ///   still running is cancelled first, within a bounded time);
+/// - `discard(h)` ends a session the pool gave up on inside an acquire (it
+///   failed validation, or expired): like `close` but it never waits, so the
+///   acquire keeps its bound (a validation round trip cut short leaves only
+///   its own empty query running, which needs no cancel);
 /// - `abandon(h)` frees `h` without one byte of I/O on its socket: it is the
 ///   only call allowed on a connection inherited across `fork()`;
 /// - `probe(h)` answers "is `h` still usable?" with local checks only, no round
@@ -59,6 +63,7 @@ concept connector = std::default_initializable<typename C::attempt> && std::mova
         { c.cancel_connect(a) } noexcept;
         { c.abandon_connect(a) } noexcept;
         { c.close(h) } noexcept;
+        { c.discard(h) } noexcept;
         { c.abandon(h) } noexcept;
         { c.probe(h) } noexcept -> std::same_as<bool>;
         { c.broken(h) } noexcept -> std::same_as<bool>;

@@ -245,6 +245,15 @@ public:
         detail::finish(h);
     }
 
+    /// Ends a session the pool gave up on inside an acquire (it failed
+    /// validation or expired): `PQfinish` without the cancel `close` would
+    /// wait for, so the acquire keeps its bound. The only command such a
+    /// connection can have running is a validation ping's empty query. Cost:
+    /// one write, no wait. A null handle is ignored.
+    void discard(handle h) const noexcept {
+        if (h) detail::finish(h);
+    }
+
     /// Frees a connection without one byte of I/O on its socket: the only
     /// call allowed on a connection inherited across `fork()`.
     ///

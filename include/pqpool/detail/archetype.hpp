@@ -21,6 +21,7 @@ struct archetype_connector {
     void cancel_connect(attempt&) noexcept;
     void abandon_connect(attempt&) noexcept;
     void close(handle) noexcept;
+    void discard(handle) noexcept;
     void abandon(handle) noexcept;
     bool probe(handle) noexcept;
     bool broken(handle) noexcept;

@@ -585,7 +585,7 @@ private:
 
     [[gnu::noinline]] void retire_handed(info* c, event why, bool pinned) noexcept {
         observer_.on_event(why);
-        connector_.close(c->handle);
+        connector_.discard(c->handle); // never waits: the acquire keeps its bound
         delete c;
         std::lock_guard lock(mutex_);
         --in_use_;
