@@ -122,9 +122,20 @@ TEST_CASE("64 threads on 4 + 4 connections, 1 ms wait: every failure is a timeou
         INFO("first unexpected failure: " << out.first_other);
         INFO(out.ok << " succeeded, " << out.timeouts << " timed out, " << out.other << " failed otherwise");
         CHECK(out.other == 0);
-        CHECK(out.ok >= 1);
         CHECK(out.ok + out.timeouts + out.other == threads * cycles);
         CHECK(out.max_size <= 8);
+        // On a loaded machine the whole storm may end before one TLS handshake does; either way
+        // the pool still serves: callers with 1 ms waits finish the handshakes left parked.
+        bool served = out.ok > 0;
+        for (int i = 0; i < 5000 && !served; ++i) {
+            try {
+                auto l = p.acquire();
+                served = true;
+            } catch (const timeout_error&) {
+                std::this_thread::sleep_for(1ms);
+            }
+        }
+        CHECK(served);
 
         pool_stats st = p.stats();
         INFO(detail::describe(st));

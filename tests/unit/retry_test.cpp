@@ -215,3 +215,46 @@ TEST_CASE("run() gives up after the retry budget with the last outcome", "[retry
     CHECK(calls == 3);
     CHECK(pool.stats().size == 0);
 }
+
+TEST_CASE("run() also retries getting its fresh connection while connects fail transiently", "[retry][run]") {
+    manual_clock::reset();
+    auto s = std::make_shared<fake_server>();
+    run_pool pool{fake_connector<manual_clock>{s}, overflow::fixed{.size = 1},
+                  retry::exponential_backoff{.attempts = 3, .base = 10ms, .cap = 100ms}};
+    int calls = 0;
+    const int v = pool.run([&](fake_connection* c) {
+        if (++calls == 1) {
+            s->kill(c);
+            s->fail_next({fault::transient, "57P03"}, 3); // the server restarts: the next acquire's budget fails
+            throw std::runtime_error("server closed the connection unexpectedly");
+        }
+        return c->id;
+    });
+    CHECK(calls == 2);
+    CHECK(v == 1);
+    CHECK(s->attempts == 5); // the first connect, three that failed, the one that served
+
+    // A permanent failure (a wrong password) is not retried by run().
+    calls = 0;
+    CHECK_THROWS_AS(pool.run([&](fake_connection* c) {
+        if (++calls == 1) {
+            s->kill(c);
+            s->fail_next({fault::permanent, "28P01"}, 1);
+            throw std::runtime_error("server closed the connection unexpectedly");
+        }
+    }),
+                    connect_error);
+    CHECK(calls == 1);
+}
+
+TEST_CASE("run() does not wait twice on a pool that is merely busy", "[retry][run]") {
+    auto s = std::make_shared<fake_server>();
+    using p = fake_pool<validation::none, recycling::none, fork_safety::none, overflow::fixed,
+                        retry::exponential_backoff, observability::counters>;
+    p pool{fake_connector<>{s}, overflow::fixed{.size = 1, .wait = 20ms},
+           retry::exponential_backoff{.attempts = 5, .base = 1ms, .cap = 1ms}};
+    auto held = pool.acquire();
+    CHECK_THROWS_AS(pool.run([](fake_connection*) {}), timeout_error);
+    CHECK(pool.observer().count(event::timeout) == 1); // one wait, not five
+    CHECK(pool.observer().count(event::retry) == 0);
+}

@@ -169,25 +169,36 @@ public:
         }
     }
 
-    // Runs work(handle) on a lease; when the connection is lost during it,
-    // again on a fresh one, with the retry policy's budget and backoff.
+    // Runs work(handle) on a lease; when the connection is lost during it, or
+    // no connection could be had for a passing reason (a transient connect
+    // failure, or a wait that ended while connects were failing: a restart, a
+    // dead path), again on a fresh one, with the retry policy's budget and
+    // backoff.
     template <class F>
     std::invoke_result_t<F&, handle> run(F& work) {
         using result = std::invoke_result_t<F&, handle>;
         check_fork();
         pin_guard pin(*this, pin_guard::take); // the lease may be the last count; this call goes on after it
         for (unsigned failures = 0;;) {
-            lease_type l = acquire(overflow_.timeout());
+            std::optional<lease_type> got;
+            try {
+                got.emplace(acquire(overflow_.timeout()));
+            } catch (const timeout_error& e) {
+                // Only when connects were failing: a pool that is merely busy
+                // is not helped by waiting again.
+                if (!e.last_connect_error() || !backoff_before_retry(++failures)) throw;
+                continue;
+            } catch (const connect_error& e) {
+                if (!e.transient() || !backoff_before_retry(++failures)) throw;
+                continue;
+            }
+            lease_type& l = *got;
             const handle h = l.get();
             const auto retry_after_loss = [&]() -> bool {
                 if (!connector_.broken(h)) return false;
                 l.mark_broken();
-                const auto delay = retry_.next_delay(++failures);
-                if (!delay) return false;
                 l.release();
-                observer_.on_event(event::retry);
-                sleep_for<clock>(*delay);
-                return true;
+                return backoff_before_retry(++failures);
             };
             if constexpr (std::is_void_v<result>) {
                 try {
@@ -210,6 +221,16 @@ public:
                 return std::move(*r);
             }
         }
+    }
+
+    // run(): sleeps the retry policy's delay after the n-th failure, or says
+    // the budget is spent.
+    bool backoff_before_retry(unsigned failures) {
+        const auto delay = retry_.next_delay(failures);
+        if (!delay) return false;
+        observer_.on_event(event::retry);
+        sleep_for<clock>(*delay);
+        return true;
     }
 
     // Called by a lease. Cleaning (recycling, maybe a ROLLBACK) and closing
