@@ -176,11 +176,12 @@ public:
     /// reports it broken afterwards: the server restarted, killed the backend,
     /// or the network dropped), the work runs again on a fresh connection,
     /// after the retry policy's backoff, until its budget is spent; then the
-    /// last attempt's exception is rethrown, or its result returned. Getting
-    /// the connection is retried the same way when it failed for a passing
-    /// reason: a transient `connect_error`, or a `timeout_error` while
-    /// connects were failing (a pool that is merely busy is not waited for
-    /// twice). Anything else (a constraint violation, a syntax error, a wrong
+    /// last attempt's exception is rethrown, or its result returned. After a
+    /// loss, getting the fresh connection is retried the same way when it
+    /// fails for a passing reason: a transient `connect_error`, or a
+    /// `timeout_error` while connects were failing (a pool that is merely busy
+    /// is not waited for twice). The first acquire is not retried: a server
+    /// that is down answers as `acquire()` does. Anything else (a constraint violation, a syntax error, a wrong
     /// password) is never retried.
     ///
     /// Only idempotent work belongs here: a loss after the server committed

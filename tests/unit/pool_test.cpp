@@ -317,6 +317,7 @@ TEST_CASE("a pool destroyed while a thread is inside run(): the work's retry get
     CHECK(calls == 1);
     CHECK(server->open() == 0);
     CHECK(server->misuse == 0);
+    CHECK(server.use_count() == 1); // the core (and its copy of the connector) is gone: nothing leaked
 }
 
 TEST_CASE("a pool destroyed while a thread validates an idle connection: closed_error, no use after free",
@@ -342,6 +343,7 @@ TEST_CASE("a pool destroyed while a thread validates an idle connection: closed_
     CHECK(got_closed);
     CHECK(server->open() == 0);
     CHECK(server->misuse == 0);
+    CHECK(server.use_count() == 1); // the core is gone once the caller left: no count wrapped
 }
 
 TEST_CASE("a pool destroyed while a thread connects: the connection is closed and the caller gets closed_error",
@@ -363,6 +365,7 @@ TEST_CASE("a pool destroyed while a thread connects: the connection is closed an
     CHECK(got_closed);
     CHECK(server->open() == 0);
     CHECK(server->in_flight == 0);
+    CHECK(server.use_count() == 1);
 }
 
 TEST_CASE("stats are consistent while threads acquire and release", "[pool]") {

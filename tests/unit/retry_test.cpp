@@ -82,8 +82,10 @@ TEST_CASE("a permanent failure is not retried", "[retry]") {
 TEST_CASE("retries never run past the acquire's deadline", "[retry]") {
     manual_clock::reset();
     auto s = std::make_shared<fake_server>();
-    backoff_pool pool{fake_connector<manual_clock>{s}, overflow::fixed{.size = 1, .wait = 1s},
-                      retry::exponential_backoff{.attempts = 100, .base = 10s, .cap = 10s}};
+    using fixed_pool = manual_pool<validation::none, recycling::none, fixed_delay, fork_safety::none,
+                                   overflow::fixed, observability::counters>;
+    fixed_pool pool{fake_connector<manual_clock>{s}, overflow::fixed{.size = 1, .wait = 1s},
+                    fixed_delay{.delay = 10s, .attempts = 100}}; // the first backoff alone outlasts the wait
     s->fail_next({fault::transient, "08001"}, 100);
     try {
         (void)pool.acquire();
@@ -233,6 +235,16 @@ TEST_CASE("run() also retries getting its fresh connection while connects fail t
     CHECK(calls == 2);
     CHECK(v == 1);
     CHECK(s->attempts == 5); // the first connect, three that failed, the one that served
+
+    // A first acquire that fails is the caller's answer: one budget of connects, not one per run().
+    {
+        auto s2 = std::make_shared<fake_server>();
+        run_pool down{fake_connector<manual_clock>{s2}, overflow::fixed{.size = 1},
+                      retry::exponential_backoff{.attempts = 3, .base = 10ms, .cap = 100ms}};
+        s2->fail_next({fault::transient, "57P03"}, 100);
+        CHECK_THROWS_AS(down.run([](fake_connection*) {}), connect_error);
+        CHECK(s2->attempts == 3);
+    }
 
     // A permanent failure (a wrong password) is not retried by run().
     calls = 0;

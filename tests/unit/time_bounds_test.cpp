@@ -9,6 +9,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <mutex>
+#include <string>
 #include <optional>
 #include <thread>
 #include <vector>
@@ -131,14 +133,14 @@ TEST_CASE("maintain() warms up a pool whose callers never wait", "[time_bounds]"
 TEST_CASE("a caller whose connect fails keeps waiting for a connection others return", "[time_bounds][retry]") {
     auto s = std::make_shared<fake_server>();
     using p = fake_pool<validation::none, recycling::none, retry::exponential_backoff, fork_safety::none,
-                        overflow::fixed, observability::counters>;
+                        overflow::fixed>;
     p pool{fake_connector<>{s}, overflow::fixed{.size = 5, .wait = 5s},
            retry::exponential_backoff{.attempts = 2, .base = 1ms, .cap = 2ms}};
-    std::vector<p::lease> warm;
-    for (int i = 0; i < 4; ++i) warm.push_back(pool.acquire());
-    warm.clear();
-    // The server is at max_connections: every new connect fails with 53300 (transient).
-    s->fail_next({fault::transient, "53300"}, 1000000);
+    {
+        std::vector<p::lease> warm;
+        for (int i = 0; i < 4; ++i) warm.push_back(pool.acquire());
+    }
+    s->fail_next({fault::transient, "53300"}, 1000000); // the server is at max_connections
     std::atomic<bool> stop{false};
     std::vector<std::thread> holders;
     for (int i = 0; i < 4; ++i)
@@ -148,6 +150,16 @@ TEST_CASE("a caller whose connect fails keeps waiting for a connection others re
                 std::this_thread::sleep_for(50ms);
             }
         });
+    for (;;) { // every holder holds one: the next acquire has to connect
+        const pool_stats st = pool.stats();
+        if (st.in_use == 4 && st.idle == 0) break;
+        std::this_thread::yield();
+    }
+    int before;
+    {
+        std::lock_guard lock(s->m);
+        before = s->attempts;
+    }
     int served = 0, failed = 0;
     for (int i = 0; i < 5; ++i) {
         try {
@@ -159,9 +171,149 @@ TEST_CASE("a caller whose connect fails keeps waiting for a connection others re
     }
     stop = true;
     for (auto& h : holders) h.join();
+    CHECK(s->attempts > before); // the failing connects were really tried
     CHECK(failed == 0);
     CHECK(served == 5);
-    CHECK(s->attempts > 0); // the connects were really tried, and failed
+}
+
+TEST_CASE("a caller whose connect failed is not stranded once no connection can come back", "[time_bounds][retry]") {
+    auto s = std::make_shared<fake_server>();
+    null_pool<overflow::fixed> pool{fake_connector<>{s}, overflow::fixed{.size = 2, .wait = 30s}};
+    auto a = pool.acquire();
+    s->fail_next({fault::transient, "08006"}); // one failed connect: the server blipped
+    std::string outcome;
+    std::thread b([&] {
+        try {
+            auto l = pool.acquire_for(3s);
+            outcome = "a lease";
+        } catch (const error& e) {
+            outcome = e.what();
+        }
+    });
+    while (pool.stats().waiting == 0) std::this_thread::yield(); // B's connect failed: it waits for A's
+    s->kill(a.get());
+    a.mark_broken();
+    a.release(); // closed, not returned: nothing is in use any more and a slot is free
+    const auto t0 = steady::now();
+    b.join();
+    INFO(outcome);
+    CHECK(steady::now() - t0 < margin); // it connects again now, not 3 s later
+    CHECK(outcome == "a lease");
+}
+
+TEST_CASE("a later caller does not start a connect ahead of a waiter whose connect failed", "[time_bounds][retry]") {
+    auto s = std::make_shared<fake_server>();
+    null_pool<overflow::fixed> pool{fake_connector<>{s}, overflow::fixed{.size = 2, .wait = 30s}};
+    auto a = pool.acquire();
+    s->fail_next({fault::transient, "08006"});
+    std::mutex m;
+    std::vector<char> order;
+    auto record = [&](char who) {
+        std::lock_guard lock(m);
+        order.push_back(who);
+    };
+    std::thread b([&] {
+        try {
+            auto l = pool.acquire_for(2s);
+            record('B');
+        } catch (const error&) {
+            record('b');
+        }
+    });
+    while (pool.stats().waiting == 0) std::this_thread::yield();
+    std::thread c([&] {
+        try {
+            auto l = pool.acquire_for(2s); // came after B: FIFO says B first
+            record('C');
+        } catch (const error&) {
+            record('c');
+        }
+    });
+    while (pool.stats().waiting < 2) std::this_thread::yield();
+    a.release(); // returned: B gets it; C then gets it from B
+    b.join();
+    c.join();
+    CHECK(order == std::vector<char>{'B', 'C'});
+}
+
+TEST_CASE("a caller backing off a failed connect takes a connection that went idle meanwhile",
+          "[time_bounds][retry]") {
+    auto s = std::make_shared<fake_server>();
+    using p = fake_pool<validation::none, recycling::none, fixed_delay, fork_safety::none, overflow::fixed>;
+    p pool{fake_connector<>{s}, overflow::fixed{.size = 2, .wait = 5s}, fixed_delay{.delay = 1500ms}};
+    auto a = pool.acquire();
+    s->connect_delay = 200ms;
+    s->fail_next({fault::transient, "08006"}); // C's connect fails after 200 ms, then backs off 1.5 s
+    std::thread c([&] { auto l = pool.acquire_for(5s); });
+    while (s->started < 2) std::this_thread::yield();
+    a.release(); // nobody waits yet: connection 0 goes idle while C connects
+    std::this_thread::sleep_for(400ms); // C's connect has failed: it takes the idle one rather than back off
+    const pool_stats st = pool.stats();
+    CHECK_FALSE((st.idle > 0 && st.waiting > 0)); // never a caller in line while a connection is idle
+    c.join();
+    CHECK(s->connects == 1); // nobody needed a second connection
+}
+
+TEST_CASE("a caller whose connect backs off stays ahead of later callers", "[time_bounds][overflow]") {
+    auto s = std::make_shared<fake_server>();
+    using p = fake_pool<validation::none, recycling::none, fixed_delay, fork_safety::none, overflow::fixed>;
+    p pool{fake_connector<>{s}, overflow::fixed{.size = 2, .wait = 5s}, fixed_delay{.delay = 1s}};
+    auto a = pool.acquire();
+    s->connect_delay = 100ms;
+    s->fail_next({fault::transient, "08006"});
+    std::mutex m;
+    std::vector<char> order;
+    auto record = [&](char who) {
+        std::lock_guard lock(m);
+        order.push_back(who);
+    };
+    std::thread c([&] {
+        auto l = pool.acquire(); // gets the free slot; its connect fails after 100 ms, then backs off 1 s
+        record('C');
+    });
+    while (s->started < 2) std::this_thread::yield();
+    std::thread w([&] {
+        auto l = pool.acquire(); // no slot left: waits in line, behind C's connect
+        record('W');
+    });
+    while (pool.stats().waiting < 2) std::this_thread::yield(); // W waits; C backs off, in line
+    a.release(); // one connection comes back: C was served first, so C gets it
+    c.join();
+    w.join();
+    CHECK(order == std::vector<char>{'C', 'W'});
+}
+
+TEST_CASE("no connect starts after close()", "[time_bounds][lifetime]") {
+    int started_after_close = 0;
+    for (int round = 0; round < 20; ++round) {
+        auto s = std::make_shared<fake_server>();
+        null_pool<overflow::fixed> pool{fake_connector<>{s}, overflow::fixed{.size = 1, .wait = 5s}};
+        auto held = pool.acquire();
+        std::thread w([&] {
+            try {
+                auto l = pool.acquire();
+            } catch (const closed_error&) {
+            }
+        });
+        while (pool.stats().waiting == 0) std::this_thread::yield();
+        s->kill(held.get());
+        held.mark_broken();
+        held.release(); // the slot is free: the waiter is served a fresh permit...
+        pool.close();   // ...and the pool is closed before it wakes
+        const int before = s->started;
+        w.join();
+        started_after_close += s->started - before;
+    }
+    CHECK(started_after_close == 0);
+}
+
+TEST_CASE("single_thread: a failed connect is reported as such, not as exhausted", "[time_bounds][concurrency]") {
+    auto s = std::make_shared<fake_server>();
+    null_pool<overflow::fixed, concurrency::single_thread> pool{fake_connector<>{s},
+                                                                overflow::fixed{.size = 2, .wait = 1s}};
+    auto a = pool.acquire();
+    s->fail_next({fault::permanent, "28P01"});
+    CHECK_THROWS_AS(pool.acquire(), connect_error);
 }
 
 TEST_CASE("with no connection that could come back, a failed connect is the caller's error at once",

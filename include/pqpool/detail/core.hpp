@@ -119,11 +119,16 @@ public:
     // pin, which this adopts.
     [[gnu::noinline]] lease_type acquire_slow(deadline_type& until, bool first) {
         pin_guard pin(*this, pin_guard::adopt);
+        (void)until.get(); // fixed now: closing what failed validation counts against the wait too
         bool may_connect = true;
         for (;;) {
             grant g = take<true>(until, first, may_connect);
             first = true; // served once: from now on this caller goes first
             if (g.kind == grant::connection) {
+                if (g.fresh) {
+                    ++g.conn->uses;
+                    return lease_type(this, g.conn);
+                }
                 if (hand_out(g.conn, until, true)) return lease_type(this, g.conn);
                 continue;
             }
@@ -142,7 +147,8 @@ public:
                 // This caller's connects spent their budget. If no connection
                 // could come back, that error is everybody's; otherwise it
                 // waits for a returned connection until its wait ends.
-                if (r.rethrow || until.wait().count() <= 0) std::rethrow_exception(r.error);
+                if (r.rethrow || until.wait().count() <= 0 || !Concurrency::can_wait)
+                    std::rethrow_exception(r.error);
                 may_connect = false;
                 continue;
             }
@@ -169,11 +175,13 @@ public:
         }
     }
 
-    // Runs work(handle) on a lease; when the connection is lost during it, or
-    // no connection could be had for a passing reason (a transient connect
-    // failure, or a wait that ended while connects were failing: a restart, a
-    // dead path), again on a fresh one, with the retry policy's budget and
-    // backoff.
+    // Runs work(handle) on a lease; when the connection is lost during it,
+    // again on a fresh one, with the retry policy's budget and backoff. After
+    // such a loss, getting the fresh connection is retried too when it fails
+    // for a passing reason (a transient connect failure, or a wait that ended
+    // while connects were failing: a restart, a dead path). A first acquire
+    // that fails is the caller's answer, as from acquire(): a server that is
+    // down gets one budget of connects per pool, not one per run().
     template <class F>
     std::invoke_result_t<F&, handle> run(F& work) {
         using result = std::invoke_result_t<F&, handle>;
@@ -186,10 +194,10 @@ public:
             } catch (const timeout_error& e) {
                 // Only when connects were failing: a pool that is merely busy
                 // is not helped by waiting again.
-                if (!e.last_connect_error() || !backoff_before_retry(++failures)) throw;
+                if (failures == 0 || !e.last_connect_error() || !backoff_before_retry(++failures)) throw;
                 continue;
             } catch (const connect_error& e) {
-                if (!e.transient() || !backoff_before_retry(++failures)) throw;
+                if (failures == 0 || !e.transient() || !backoff_before_retry(++failures)) throw;
                 continue;
             }
             lease_type& l = *got;
@@ -309,6 +317,7 @@ public:
             {
                 std::lock_guard lock(mutex_);
                 const time_point now = coarse_now<clock>();
+                stale.reserve(idle_.size()); // may throw, before anything changed; nothing below can
                 for (std::size_t i = 0; i < idle_.size();) {
                     if (recycling_.keep_idle(*idle_[i], now, idle_.size())) {
                         ++i;
@@ -357,6 +366,7 @@ public:
 
     void close() noexcept {
         check_fork();
+        pin_guard pin(*this, pin_guard::take); // safe even if the pool object goes meanwhile
         std::vector<info*> idle;
         chain* parked = nullptr;
         {
@@ -420,11 +430,13 @@ private:
         enum state_t : unsigned char { waiting, got_connection, got_chain, failed, closed };
         typename Concurrency::condition_type cv;
         state_t state = waiting;
-        bool accepts_chain = true; // false: waits only for a returned connection
+        bool accepts_chain = true; // false: its own connects failed; it waits for a returned connection
         bool holds_chain = false;  // waits out the backoff of a chain it drives
+        bool first = false;        // served once before: queued ahead of callers that never were
+        bool fresh = false;        // with got_connection: just opened, needs no validation
         info* conn = nullptr;
         chain* ch = nullptr; // with got_chain; null for a fresh permit
-        std::exception_ptr error;
+        std::shared_ptr<const connect_error> error; // with failed: each waiter throws its own copy
         waiter* prev = nullptr;
         waiter* next = nullptr;
     };
@@ -432,6 +444,7 @@ private:
     struct grant {
         enum kind_t : unsigned char { nothing, connection, permit } kind = nothing;
         info* conn = nullptr;
+        bool fresh = false;  // with connection: just opened, needs no validation
         chain* ch = nullptr; // with permit: a parked chain to go on with, or null for a new one
     };
 
@@ -489,7 +502,7 @@ private:
                 return g;
             }
             if (may_connect) {
-                if (chain* ch = pop_parked()) return grant{grant::permit, nullptr, ch};
+                if (chain* ch = pop_parked()) return grant{grant::permit, nullptr, false, ch};
                 if (may_open()) {
                     ++opening_;
                     return grant{grant::permit};
@@ -508,12 +521,13 @@ private:
                 if (!first && waiting_ >= overflow_.max_waiters()) throw_exhausted(lock, "the waiter queue is full");
                 waiter w;
                 w.accepts_chain = may_connect;
-                wait_in_line(lock, w, until.get(), first);
+                w.first = first;
+                wait_in_line(lock, w, until.get());
                 switch (w.state) {
                 case waiter::waiting: throw_timeout(lock, until.wait(), &w);
-                case waiter::got_connection: return grant{grant::connection, w.conn};
-                case waiter::got_chain: return grant{grant::permit, nullptr, w.ch};
-                case waiter::failed: std::rethrow_exception(w.error);
+                case waiter::got_connection: return grant{grant::connection, w.conn, w.fresh};
+                case waiter::got_chain: return grant{grant::permit, nullptr, false, w.ch};
+                case waiter::failed: throw connect_error(*w.error);
                 case waiter::closed: break;
                 }
                 throw closed_error("pqpool: the pool was closed while waiting");
@@ -524,18 +538,16 @@ private:
     // Queues `w` (at the front for a caller served before) and waits until it
     // is served or `until` passes (then `w` is still `waiting`, and still in
     // line: the caller takes it out with dequeue()).
-    void wait_in_line(std::unique_lock<typename Concurrency::mutex_type>& lock, waiter& w, time_point until,
-                      bool at_front) {
+    void wait_in_line(std::unique_lock<typename Concurrency::mutex_type>& lock, waiter& w, time_point until) {
         if constexpr (Concurrency::can_wait) {
-            enqueue(&w, at_front);
+            enqueue(&w);
             ++waiting_;
-            pass_permit();     // a parked chain or a free slot may be waiting for exactly this waiter
-            fail_stranded();   // or nothing at all could come back to it
+            pass_permit(); // a parked chain or a free slot may be waiting for exactly this waiter
             while (w.state == waiter::waiting) {
                 if (w.cv.wait_until(lock, until) == std::cv_status::timeout && w.state == waiter::waiting) return;
             }
         } else {
-            (void)lock, (void)w, (void)until, (void)at_front;
+            (void)lock, (void)w, (void)until;
         }
     }
 
@@ -547,7 +559,7 @@ private:
 
     // Under the lock: takes `w` out of the line with its outcome.
     void serve(waiter* w, typename waiter::state_t state, info* c = nullptr, chain* ch = nullptr,
-               std::exception_ptr error = {}) noexcept {
+               std::shared_ptr<const connect_error> error = nullptr) noexcept {
         unlink(w);
         --waiting_; // from now on it is no longer waiting, whenever it wakes
         w->state = state;
@@ -611,7 +623,9 @@ private:
         std::lock_guard lock(mutex_);
         --in_use_;
         if (!pinned) ++pins_;
-        fail_stranded();
+        // No pass_permit(): the slot stays free for this caller, who goes
+        // first (a waiter keeps its place); its pin_guard passes it on if the
+        // caller gives up instead.
     }
 
     // Closes a connection counted in in_use_ (outside the lock), then frees its
@@ -623,7 +637,6 @@ private:
         std::unique_lock lock(mutex_);
         --in_use_;
         pass_permit();
-        fail_stranded();
         leave(lock);
     }
 
@@ -634,7 +647,6 @@ private:
         std::lock_guard lock(mutex_);
         --in_use_;
         pass_permit();
-        fail_stranded();
     }
 
     // Drives a chain (`ch`, or a new one for a fresh permit) until it yields a
@@ -645,10 +657,20 @@ private:
             try {
                 ch = new chain;
             } catch (...) {
-                return end_chain(nullptr, std::current_exception());
+                return end_chain(nullptr, std::current_exception(), false);
             }
         }
         for (;;) {
+            {
+                // No connect starts or goes on once the pool is closed (a
+                // waiter served just before close(), a chain handed over).
+                std::unique_lock lock(mutex_);
+                if (closed_) {
+                    lock.unlock();
+                    end_chain(ch, nullptr);
+                    throw closed_error("pqpool: the pool was closed while connecting");
+                }
+            }
             if (ch->failures > 0 && mode != backoff::sleep) {
                 const time_point now = clock::now();
                 if (now < ch->not_before) {
@@ -678,9 +700,7 @@ private:
                 observer_.on_event(event::retry);
                 continue;
             } catch (...) {
-                drive_result r = end_chain(ch, std::current_exception());
-                r.rethrow = true;
-                return r;
+                return end_chain(ch, std::current_exception(), false);
             }
             if (h == handle{}) return park(ch); // the deadline came first: the next caller goes on
             info* c = ch->record.release();
@@ -710,10 +730,17 @@ private:
                 end_chain(ch, nullptr);
                 throw closed_error("pqpool: the pool was closed while connecting");
             }
+            if (!idle_.empty()) { // never wait in line while a connection is idle
+                info* c = idle_.back();
+                idle_.pop_back();
+                ++in_use_;
+                return c;
+            }
             waiter w;
             w.accepts_chain = false;
             w.holds_chain = true;
-            wait_in_line(lock, w, end, true);
+            w.first = true;
+            wait_in_line(lock, w, end);
             if (w.state == waiter::waiting) dequeue(&w);
             if (w.state == waiter::got_connection) return w.conn;
             if (w.state == waiter::closed) {
@@ -731,15 +758,10 @@ private:
         {
             std::lock_guard lock(mutex_);
             if (!closed_) {
-                for (waiter* w = head_; w; w = w->next) {
-                    if (w->accepts_chain) {
-                        serve(w, waiter::got_chain, nullptr, ch);
-                        return {drive_result::parked};
-                    }
-                }
                 ch->next = parked_;
                 parked_ = ch;
                 ++parked_count_;
+                pass_permit(); // to the first waiter that may connect, if any
                 return {drive_result::parked};
             }
         }
@@ -763,7 +785,7 @@ private:
     // the waiters (none in use, none idle), they share the error instead of
     // each spending a budget of its own on the same failing server (a chain
     // still in progress elsewhere goes on; its waiter is not failed).
-    drive_result end_chain(chain* ch, std::exception_ptr error) noexcept {
+    drive_result end_chain(chain* ch, std::exception_ptr error, bool connect_failure = true) noexcept {
         if (ch) {
             connector_.cancel_connect(ch->attempt);
             delete ch;
@@ -771,11 +793,11 @@ private:
         std::lock_guard lock(mutex_);
         --opening_;
         const bool nothing = idle_.empty() && in_use_ == 0;
-        if (nothing && error)
-            fail_waiters(error);
+        if (nothing && error && connect_failure && last_failure_)
+            fail_waiters(last_failure_);
         else
             pass_permit();
-        return {drive_result::failed, nullptr, std::move(error), nothing};
+        return {drive_result::failed, nullptr, std::move(error), nothing || !connect_failure};
     }
 
     void note_failure(const connect_error& e) noexcept {
@@ -817,6 +839,7 @@ private:
             if (!closed_) {
                 if (waiter* w = head_) {
                     ++in_use_;
+                    w->fresh = true;
                     serve(w, waiter::got_connection, c);
                     return;
                 }
@@ -846,11 +869,17 @@ private:
     }
 
     // A slot, a connect permit or a parked chain may be free: give it to the
-    // first waiter that connects.
+    // first waiter (those waiting out their own chain's backoff aside). A
+    // waiter whose own connects failed takes it only once connecting works
+    // again (someone connected since) or nothing could come back to it
+    // (nothing in use or idle); until then nobody behind it may start a
+    // connect either: first come, first served, and no hammering of a
+    // failing server while connections are out that will come back.
     void pass_permit() noexcept {
         if (closed_) return;
         for (waiter* w = head_; w; w = w->next) {
-            if (!w->accepts_chain) continue;
+            if (w->holds_chain) continue;
+            if (!w->accepts_chain && failing_ && (in_use_ != 0 || !idle_.empty())) return;
             if (chain* ch = pop_parked()) {
                 serve(w, waiter::got_chain, nullptr, ch);
             } else if (may_open()) {
@@ -861,24 +890,8 @@ private:
         }
     }
 
-    // Under the lock. Waiters whose own connects failed wait only for a
-    // connection to come back; once none is in use or idle, none can, and
-    // they get the last connect failure instead of waiting in vain.
-    void fail_stranded() noexcept {
-        if (in_use_ != 0 || !idle_.empty() || !last_failure_) return;
-        std::exception_ptr error;
-        for (waiter* w = head_; w;) {
-            waiter* next = w->next;
-            if (!w->accepts_chain && !w->holds_chain) {
-                if (!error) error = std::make_exception_ptr(*last_failure_);
-                serve(w, waiter::failed, nullptr, nullptr, error);
-            }
-            w = next;
-        }
-    }
-
     // Every waiter but those waiting out their own chain's backoff.
-    void fail_waiters(const std::exception_ptr& error) noexcept {
+    void fail_waiters(const std::shared_ptr<const connect_error>& error) noexcept {
         for (waiter* w = head_; w;) {
             waiter* next = w->next;
             if (!w->holds_chain) serve(w, waiter::failed, nullptr, nullptr, error);
@@ -967,18 +980,16 @@ private:
         return s;
     }
 
-    void enqueue(waiter* w, bool at_front) noexcept {
-        if (at_front) {
-            w->prev = nullptr;
-            w->next = head_;
-            (head_ ? head_->prev : tail_) = w;
-            head_ = w;
-            return;
-        }
-        w->prev = tail_;
-        w->next = nullptr;
-        (tail_ ? tail_->next : head_) = w;
-        tail_ = w;
+    // Callers served once before go ahead of those that never were, and in
+    // their own order among themselves; the others queue at the back.
+    void enqueue(waiter* w) noexcept {
+        waiter* before = w->first ? nullptr : tail_;
+        if (w->first)
+            for (waiter* x = head_; x && x->first; x = x->next) before = x;
+        w->prev = before;
+        w->next = before ? before->next : head_;
+        (w->prev ? w->prev->next : head_) = w;
+        (w->next ? w->next->prev : tail_) = w;
     }
 
     void unlink(waiter* w) noexcept {

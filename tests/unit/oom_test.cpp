@@ -1,0 +1,64 @@
+// Out of memory inside the pool: nothing is lost, no count goes wrong, and
+// the error reaches the caller at once. Allocation fails on demand: this file
+// replaces the global operator new for the unit-test program; by default it
+// never fails, so the other tests are unaffected.
+
+#include "catch.hpp"
+#include "test_pool.hpp"
+
+#include <chrono>
+#include <cstdlib>
+#include <new>
+
+using namespace pqpool;
+using namespace pqpool::test;
+
+namespace {
+thread_local int fail_alloc_in = 0; // the n-th allocation on this thread from now throws (0: never)
+} // namespace
+
+void* operator new(std::size_t n) {
+    if (fail_alloc_in > 0 && --fail_alloc_in == 0) throw std::bad_alloc();
+    if (void* p = std::malloc(n ? n : 1)) return p;
+    throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+
+TEST_CASE("maintain() that runs out of memory loses no connection", "[oom][recycling]") {
+    manual_clock::reset();
+    auto s = std::make_shared<fake_server>();
+    using mp = manual_pool<validation::none, recycling::limits, retry::none, fork_safety::none, overflow::fixed>;
+    mp pool{fake_connector<manual_clock>{s}, overflow::fixed{.size = 4, .wait = 1s},
+            recycling::limits{.max_lifetime = 0ms, .max_idle = 1s}};
+    {
+        auto a = pool.acquire(), b = pool.acquire(), c = pool.acquire();
+    }
+    REQUIRE(pool.stats().idle == 3);
+    manual_clock::advance(1h); // all three idle too long
+    for (int n = 1; n <= 3; ++n) {
+        fail_alloc_in = n; // the n-th allocation of this maintain() fails
+        try {
+            (void)pool.maintain();
+        } catch (const std::bad_alloc&) {
+        }
+        fail_alloc_in = 0;
+        const pool_stats st = pool.stats();
+        CHECK(st.in_use == 0); // no lease is out
+        CHECK(static_cast<int>(st.size) == s->open());
+    }
+}
+
+TEST_CASE("out of memory when starting a connect reaches the caller at once", "[oom]") {
+    auto s = std::make_shared<fake_server>();
+    null_pool<overflow::fixed> pool{fake_connector<>{s}, overflow::fixed{.size = 2, .wait = 2s}};
+    auto a = pool.acquire();
+    const auto t0 = std::chrono::steady_clock::now();
+    fail_alloc_in = 1; // `new chain`
+    CHECK_THROWS_AS(pool.acquire(), std::bad_alloc);
+    fail_alloc_in = 0;
+    CHECK(std::chrono::steady_clock::now() - t0 < 1s); // not the 2 s wait
+    CHECK(pool.stats() == pool_stats{.size = 1, .in_use = 1});
+    auto b = pool.acquire(); // the slot is free again
+    CHECK(pool.stats().in_use == 2);
+}
