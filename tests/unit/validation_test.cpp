@@ -103,3 +103,38 @@ TEST_CASE("a failing validation falls through every dead idle connection to a fr
     CHECK(pool.stats().size == 1);
     CHECK(s->open() == 1);
 }
+
+TEST_CASE("validation policies: nonsense numbers are config_errors naming the field, the value and the range",
+          "[validation][config]") {
+    using std::chrono::milliseconds;
+    auto s = std::make_shared<fake_server>();
+    using ping_pool = fake_pool<validation::ping, recycling::none, retry::none, fork_safety::none, overflow::fixed>;
+    using idle_pool =
+        fake_pool<validation::ping_if_idle, recycling::none, retry::none, fork_safety::none, overflow::fixed>;
+    CHECK_THROWS_WITH((ping_pool{fake_connector<>{s}, validation::ping{.timeout = 0ms}}),
+                      Catch::Contains("validation::ping: timeout is 0 ms; it must be at least 1 ms"));
+    CHECK_THROWS_WITH((ping_pool{fake_connector<>{s}, validation::ping{.timeout = -1s}}),
+                      Catch::Contains("validation::ping: timeout is -1000 ms"));
+    CHECK_THROWS_WITH((idle_pool{fake_connector<>{s}, validation::ping_if_idle{.idle_for = -1ms}}),
+                      Catch::Contains("validation::ping_if_idle: idle_for is -1 ms"));
+    CHECK_THROWS_WITH((idle_pool{fake_connector<>{s}, validation::ping_if_idle{.timeout = 0ms}}),
+                      Catch::Contains("validation::ping_if_idle: timeout is 0 ms"));
+    CHECK_NOTHROW(ping_pool{fake_connector<>{s}, validation::ping{.timeout = milliseconds::max()}});
+    CHECK_NOTHROW(idle_pool{fake_connector<>{s}, validation::ping_if_idle{.idle_for = 0ms}});
+    CHECK(s->started == 0);
+}
+
+TEST_CASE("retry::exponential_backoff: nonsense numbers are config_errors, a huge cap saturates",
+          "[retry][config]") {
+    using std::chrono::milliseconds;
+    CHECK_THROWS_WITH((retry::exponential_backoff{.attempts = 0}.check()),
+                      Catch::Contains("retry::exponential_backoff: attempts is 0; it must be at least 1"));
+    CHECK_THROWS_WITH((retry::exponential_backoff{.connecting = 0}.check()), Catch::Contains("connecting is 0"));
+    CHECK_THROWS_WITH((retry::exponential_backoff{.base = -1ms}.check()), Catch::Contains("base is -1 ms"));
+    CHECK_THROWS_WITH((retry::exponential_backoff{.cap = -1ms}.check()), Catch::Contains("cap is -1 ms"));
+    const retry::exponential_backoff huge{.attempts = 100, .base = milliseconds::max(), .cap = milliseconds::max()};
+    CHECK_NOTHROW(huge.check());
+    CHECK(huge.ceiling(1) > std::chrono::hours{24 * 365}); // saturated, not wrapped into the past
+    CHECK(huge.ceiling(64) == huge.ceiling(1));
+    CHECK(*huge.next_delay(3) >= std::chrono::nanoseconds{0});
+}
