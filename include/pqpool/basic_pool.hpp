@@ -215,6 +215,17 @@ public:
         return core_->maintain();
     }
 
+    /// Retires every connection opened before now: each is closed instead of
+    /// handed out at its next acquire or release (or by `maintain()`), and
+    /// `stats().epoch` goes up. For an application that learned of a
+    /// failover or a credential change by other means; the pool does the
+    /// same by itself when a connection sees its server go away or change
+    /// role. Cost: one atomic increment; the hot path pays one relaxed load.
+    void invalidate() {
+        if (!core_) throw_moved_from();
+        core_->invalidate();
+    }
+
     /// A consistent snapshot of the pool's counts.
     pool_stats stats() const {
         if (!core_) throw_moved_from();

@@ -20,6 +20,7 @@ struct connection_info {
     TimePoint last_used{};    ///< When it was last returned to the pool.
     std::uint64_t uses = 0;   ///< How many leases have held it, this one included.
     std::uint64_t generation = 0; ///< The fork generation it was opened in.
+    std::uint64_t epoch = 0;      ///< The pool's invalidation epoch when it was opened.
 };
 
 } // namespace pqpool

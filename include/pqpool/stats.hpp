@@ -4,6 +4,7 @@
 /// `pqpool::pool_stats`: a snapshot of a pool's counts.
 
 #include <cstddef>
+#include <cstdint>
 
 namespace pqpool {
 
@@ -16,6 +17,9 @@ struct pool_stats {
     std::size_t opening = 0;  ///< Connects in progress.
     std::size_t overflow = 0; ///< How far `size` exceeds the overflow policy's kept size.
     std::size_t waiting = 0;  ///< Callers blocked in `acquire`.
+    /// Invalidations so far: each time the pool learned that its server went
+    /// away or changed role, every connection opened before was retired.
+    std::uint64_t epoch = 0;
 
     friend bool operator==(const pool_stats&, const pool_stats&) = default;
 };

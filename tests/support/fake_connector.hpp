@@ -106,6 +106,11 @@ struct fake_server {
         for (auto& c : connections) n += !(c->closed || c->abandoned);
         return n;
     }
+    std::atomic<std::uint64_t>* epoch = nullptr; // the pool's, when it bound it
+    // The "server" failed over: as libpq_connector reports a FATAL 57P01 or a 25006.
+    void signal_server_gone() {
+        if (epoch) epoch->fetch_add(1, std::memory_order_relaxed);
+    }
     void kill(fake_connection* c) {
         std::lock_guard lock(m);
         c->alive = false;
@@ -136,6 +141,9 @@ public:
     explicit fake_connector(std::shared_ptr<fake_server> s) : server_(std::move(s)) {}
 
     fake_server& server() const { return *server_; }
+
+    // The pool hands over its invalidation epoch; the fake moves it on signal_server_gone().
+    void bind_epoch(std::atomic<std::uint64_t>* epoch) noexcept { server_->epoch = epoch; }
 
     // A connect in progress: its outcome is drawn when it starts (the next
     // queued fault), and it completes `connect_delay` later (real time).

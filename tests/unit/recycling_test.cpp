@@ -271,3 +271,51 @@ TEST_CASE("recycling::limits: nonsense numbers are config_errors naming the fiel
     CHECK_NOTHROW((recycling::limits{.max_lifetime = 30s, .jitter = 3s}.check()));
     CHECK_NOTHROW((recycling::limits{.max_lifetime = milliseconds::max(), .max_idle = milliseconds::max()}.check()));
 }
+
+TEST_CASE("an invalidation retires every connection opened before it, at acquire, release and maintain()",
+          "[recycling][epoch]") {
+    auto s = std::make_shared<fake_server>();
+    using p = fake_pool<validation::none, recycling::none, retry::none, fork_safety::none, overflow::fixed,
+                        observability::counters>;
+    p pool{fake_connector<>{s}, overflow::fixed{.size = 4, .wait = 1s}};
+    auto held = pool.acquire();
+    {
+        auto a = pool.acquire(), b = pool.acquire();
+    }
+    REQUIRE(pool.stats().idle == 2);
+    CHECK(pool.stats().epoch == 0);
+    s->signal_server_gone(); // e.g. a FATAL 57P01 seen on one connection
+    CHECK(pool.stats().epoch == 1);
+    {
+        auto fresh = pool.acquire(); // both idle ones are old: retired, a new one is opened
+        CHECK(fresh.get()->id == 3);
+    }
+    CHECK(s->connection(1).closed);
+    CHECK(s->connection(2).closed);
+    held.release(); // the one that was out is retired on its return
+    CHECK(s->connection(0).closed);
+    CHECK(s->open() == 1);
+    CHECK(pool.stats() == pool_stats{.size = 1, .idle = 1, .epoch = 1});
+
+    pool.invalidate(); // by hand, e.g. the application learned of a failover
+    CHECK(pool.maintain().closed == 1);
+    CHECK(pool.stats().epoch == 2);
+    CHECK(s->open() == 0);
+}
+
+TEST_CASE("a connect refused with 57P03 or a class 08 SQLSTATE invalidates the older connections", "[recycling][epoch]") {
+    auto s = std::make_shared<fake_server>();
+    null_pool<overflow::fixed> pool{fake_connector<>{s}, overflow::fixed{.size = 3, .wait = 50ms}};
+    auto held = pool.acquire();
+    { auto idle = pool.acquire(); }
+    s->fail_next({fault::transient, "57P03"}); // "the database system is shutting down"
+    auto second = pool.acquire(); // the idle one is current: handed out
+    CHECK_THROWS_AS(pool.acquire(), error); // needs a connect, which is refused
+    CHECK(pool.stats().epoch == 1);
+    second.release();
+    held.release();
+    CHECK(s->open() == 0); // both were opened to the server that went away: retired on return
+    s->fail_next({fault::permanent, "28P01"}); // a wrong password says nothing about the server
+    CHECK_THROWS_AS(pool.acquire(), connect_error);
+    CHECK(pool.stats().epoch == 1);
+}

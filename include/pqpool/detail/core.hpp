@@ -87,7 +87,14 @@ public:
           generation_(fork_.generation()),
           adopting_(generation_.load()) {
         idle_.reserve(std::min<std::size_t>(overflow_.keep_idle(), 1024));
+        // A connector that watches its connections (a FATAL 57P01, a 25006 on
+        // a read-write pool) moves the epoch itself, from any thread.
+        if constexpr (requires { connector_.bind_epoch(&epoch_); }) connector_.bind_epoch(&epoch_);
     }
+
+    // Every connection opened before now is retired instead of handed out
+    // (at its next acquire or release, or by maintain()).
+    void invalidate() noexcept { epoch_.fetch_add(1, std::memory_order_relaxed); }
 
     const Overflow& overflow() const noexcept { return overflow_; }
     const Observability& observer() const noexcept { return observer_; }
@@ -252,7 +259,7 @@ public:
             }
         }
         const time_point now = timed ? coarse_now<clock>() : time_point{};
-        const bool keep = !broken && recycling_.keep_on_release(connector_, *c, now);
+        const bool keep = !broken && current_epoch(*c) && recycling_.keep_on_release(connector_, *c, now);
         if constexpr (timed) c->last_used = now;
         // The fast path: back on the idle stack, nobody waiting, nothing to trim.
         mutex_.lock();
@@ -312,14 +319,14 @@ public:
         check_fork();
         pin_guard pin(*this, pin_guard::take);
         maintenance_report report;
-        if constexpr (Recycling::uses_clock) {
+        {
             std::vector<info*> stale;
             {
                 std::lock_guard lock(mutex_);
                 const time_point now = coarse_now<clock>();
                 stale.reserve(idle_.size()); // may throw, before anything changed; nothing below can
                 for (std::size_t i = 0; i < idle_.size();) {
-                    if (recycling_.keep_idle(*idle_[i], now, idle_.size())) {
+                    if (current_epoch(*idle_[i]) && recycling_.keep_idle(*idle_[i], now, idle_.size())) {
                         ++i;
                         continue;
                     }
@@ -604,7 +611,7 @@ private:
     // connection is kept for it, so it keeps its place in line.
     bool hand_out(info* c, deadline_type& until, bool pinned) {
         const time_point now = timed ? coarse_now<clock>() : time_point{};
-        if (recycling_.keep_on_acquire(*c, now)) [[likely]] {
+        if (current_epoch(*c) && recycling_.keep_on_acquire(*c, now)) [[likely]] {
             if (validation_.validate(connector_, *c, now, until)) [[likely]] {
                 ++c->uses;
                 return true;
@@ -707,6 +714,7 @@ private:
             delete ch;
             c->handle = h;
             c->generation = fork_.generation();
+            c->epoch = epoch_.load(std::memory_order_relaxed);
             if constexpr (timed) c->born = c->last_used = coarse_now<clock>();
             recycling_.on_open(*c, c->born);
             observer_.on_event(event::connected);
@@ -800,7 +808,19 @@ private:
         return {drive_result::failed, nullptr, std::move(error), nothing || !connect_failure};
     }
 
+    // A server that answers a connect with "shutting down" (57P01, 57P02) or
+    // "starting up, cannot connect now" (57P03) is going through a restart or
+    // a failover: the connections opened to it before are retired. (A
+    // network failure while connecting says nothing about them; what the
+    // connections themselves see, the connector reports through the epoch.)
+    static bool server_gone(const std::string& sqlstate) noexcept {
+        return sqlstate == "57P01" || sqlstate == "57P02" || sqlstate == "57P03";
+    }
+
+    bool current_epoch(const info& c) const noexcept { return c.epoch == epoch_.load(std::memory_order_relaxed); }
+
     void note_failure(const connect_error& e) noexcept {
+        if (server_gone(e.sqlstate())) invalidate();
         std::shared_ptr<const connect_error> copy;
         try {
             copy = std::make_shared<const connect_error>(e);
@@ -977,6 +997,7 @@ private:
         s.size = s.idle + s.in_use + s.opening;
         s.overflow = s.size > overflow_.keep_idle() ? s.size - overflow_.keep_idle() : 0;
         s.waiting = waiting_;
+        s.epoch = epoch_.load(std::memory_order_relaxed);
         return s;
     }
 
@@ -1018,6 +1039,7 @@ private:
     waiter* tail_ = nullptr;
     std::shared_ptr<const connect_error> last_failure_;
     bool failing_ = false; // connects have failed since the last success
+    std::atomic<std::uint64_t> epoch_{0}; // invalidations; a connection of an older one is retired
     std::atomic<std::uint64_t> generation_;
     std::atomic<std::uint64_t> adopting_; // the generation whose takeover has been claimed
     bool closed_ = false;
