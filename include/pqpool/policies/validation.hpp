@@ -79,7 +79,10 @@ struct probe {
 /// An empty-query round trip on every checkout, like SQLAlchemy's
 /// `pool_pre_ping`. Costs one round trip per acquire (about 100 µs on
 /// loopback); catches every kind of dead connection. The round trip waits at
-/// most `timeout`, and never past the end of the acquire's wait.
+/// most `timeout`, and never past the end of the acquire's wait; one cut
+/// short by that wait counts as failed (the connection cannot be handed out
+/// with its answer pending, so it is closed): a caller whose wait is shorter
+/// than a round trip replaces healthy connections, at a connect each.
 struct ping {
     using category = validation_tag;
     static constexpr bool uses_clock = false;
