@@ -7,6 +7,7 @@
 #include "test_pool.hpp"
 
 #include <chrono>
+#include <cstddef>
 #include <cstdlib>
 #include <new>
 
@@ -15,15 +16,51 @@ using namespace pqpool::test;
 
 namespace {
 thread_local int fail_alloc_in = 0; // the n-th allocation on this thread from now throws (0: never)
+
+void* allocate(std::size_t n, std::size_t align = 0) {
+    if (fail_alloc_in > 0 && --fail_alloc_in == 0) throw std::bad_alloc();
+    if (n == 0) n = 1;
+    void* p = align > alignof(std::max_align_t) ? std::aligned_alloc(align, (n + align - 1) / align * align)
+                                                : std::malloc(n);
+    if (!p) throw std::bad_alloc();
+    return p;
+}
+void* allocate_nothrow(std::size_t n, std::size_t align = 0) noexcept {
+    try {
+        return allocate(n, align);
+    } catch (...) {
+        return nullptr;
+    }
+}
 } // namespace
 
-void* operator new(std::size_t n) {
-    if (fail_alloc_in > 0 && --fail_alloc_in == 0) throw std::bad_alloc();
-    if (void* p = std::malloc(n ? n : 1)) return p;
-    throw std::bad_alloc();
+// Every replaceable form, all on malloc and free: mixing these with the
+// runtime's own forms would pair one allocator's new with another's delete
+// (AddressSanitizer reports exactly that).
+void* operator new(std::size_t n) { return allocate(n); }
+void* operator new[](std::size_t n) { return allocate(n); }
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept { return allocate_nothrow(n); }
+void* operator new[](std::size_t n, const std::nothrow_t&) noexcept { return allocate_nothrow(n); }
+void* operator new(std::size_t n, std::align_val_t a) { return allocate(n, static_cast<std::size_t>(a)); }
+void* operator new[](std::size_t n, std::align_val_t a) { return allocate(n, static_cast<std::size_t>(a)); }
+void* operator new(std::size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
+    return allocate_nothrow(n, static_cast<std::size_t>(a));
+}
+void* operator new[](std::size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
+    return allocate_nothrow(n, static_cast<std::size_t>(a));
 }
 void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
 
 TEST_CASE("maintain() that runs out of memory loses no connection", "[oom][recycling]") {
     manual_clock::reset();
