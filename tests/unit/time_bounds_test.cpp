@@ -82,7 +82,10 @@ TEST_CASE("a connect cut short by a caller's wait is kept: the next callers go o
     auto s = std::make_shared<fake_server>();
     s->connect_delay = 300ms;
     null_pool<overflow::fixed> pool{fake_connector<>{s}, overflow::fixed{.size = 1, .wait = 50ms}};
-    const auto took = time_of([&] { CHECK_THROWS_AS(pool.acquire_for(50ms), timeout_error); });
+    const auto took = time_of([&] {
+        // A server that has not answered yet is not a failure, but the message says so.
+        CHECK_THROWS_WITH(pool.acquire_for(50ms), Catch::Contains("its connect has had no answer for"));
+    });
     CHECK(took < 50ms + margin);
     CHECK(pool.stats() == pool_stats{.size = 1, .opening = 1}); // parked, counted
     std::optional<null_pool<overflow::fixed>::lease> got;

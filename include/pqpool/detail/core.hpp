@@ -39,6 +39,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -148,7 +149,7 @@ public:
             case drive_result::parked: {
                 std::unique_lock lock(mutex_);
                 if (closed_) throw closed_error("pqpool: the pool was closed while connecting");
-                throw_timeout(lock, until.wait());
+                throw_timeout(lock, until.wait(), nullptr, r.connecting_for);
             }
             case drive_result::failed:
                 // This caller's connects spent their budget. If no connection
@@ -374,6 +375,34 @@ public:
     void close() noexcept {
         check_fork();
         pin_guard pin(*this, pin_guard::take); // safe even if the pool object goes meanwhile
+        close_now();
+    }
+
+    // The pool object is gone; the core lives on while anyone is inside it.
+    void shutdown() noexcept {
+        check_fork();
+        close_now(); // not orphaned yet: nothing can delete the core meanwhile
+        std::unique_lock lock(mutex_);
+        orphaned_ = true;
+        leave(lock);
+    }
+
+    pool_stats stats() const {
+        const_cast<pool_core*>(this)->check_fork();
+        std::lock_guard lock(mutex_);
+        return snapshot();
+    }
+
+    // Is this connection from this process (not inherited across fork)?
+    bool current(const info& c) const noexcept {
+        if constexpr (fork_detects)
+            return c.generation == fork_.generation();
+        else
+            return true;
+    }
+
+private:
+    void close_now() noexcept {
         std::vector<info*> idle;
         chain* parked = nullptr;
         {
@@ -398,29 +427,6 @@ public:
         }
     }
 
-    // The pool object is gone; the core lives on while anyone is inside it.
-    void shutdown() noexcept {
-        close();
-        std::unique_lock lock(mutex_);
-        orphaned_ = true;
-        leave(lock);
-    }
-
-    pool_stats stats() const {
-        const_cast<pool_core*>(this)->check_fork();
-        std::lock_guard lock(mutex_);
-        return snapshot();
-    }
-
-    // Is this connection from this process (not inherited across fork)?
-    bool current(const info& c) const noexcept {
-        if constexpr (fork_detects)
-            return c.generation == fork_.generation();
-        else
-            return true;
-    }
-
-private:
     static constexpr bool timed = Validation::uses_clock || Recycling::uses_clock;
 
     // A connect in progress and its retry state; counted in opening_ from the
@@ -429,6 +435,7 @@ private:
         typename Connector::attempt attempt{};
         std::unique_ptr<info> record = std::make_unique<info>(); // the connection's, once open
         unsigned failures = 0;    // consecutive failed attempts
+        time_point since = clock::now(); // the current attempt's start
         time_point not_before{};  // the next attempt waits until then (backoff)
         chain* next = nullptr;    // in parked_
     };
@@ -468,6 +475,9 @@ private:
         // could come back to the caller, or because the error is not a
         // connect failure (a bug, out of memory) and waiting would hide it.
         bool rethrow = false;
+        // With parked: how long the chain has been connecting (a server that
+        // never answers shows here, not as a failure).
+        std::chrono::milliseconds connecting_for{0};
     };
 
     enum class backoff { wait_in_line, sleep, give_up };
@@ -589,14 +599,23 @@ private:
     // says so and carries the last failure: a wrong password or an unreachable
     // server must not hide behind "timed out".
     [[noreturn]] void throw_timeout(std::unique_lock<typename Concurrency::mutex_type>& lock,
-                                    std::chrono::milliseconds wait, waiter* in_line = nullptr) {
+                                    std::chrono::milliseconds wait, waiter* in_line = nullptr,
+                                    std::chrono::milliseconds connecting_for = {}) {
         const pool_stats s = snapshot(); // the caller still counts as waiting: it was, until now
         if (in_line) dequeue(in_line);
         std::shared_ptr<const connect_error> failure = failing_ ? last_failure_ : nullptr;
         lock.unlock();
         observer_.on_event(event::timeout);
         std::string what = "pqpool: acquire timed out after " + show_wait(wait) + ": " + describe(s);
-        if (failure) what += "; connecting is failing: " + std::string(failure->what());
+        if (failure) {
+            std::string_view cause = failure->what();
+            if (cause.substr(0, 8) == "pqpool: ") cause.remove_prefix(8);
+            what += "; connecting is failing: ";
+            what += cause;
+        } else if (connecting_for.count() > 0) {
+            what += "; its connect has had no answer for " + std::to_string(connecting_for.count()) +
+                    " ms (a slow or silent server?) and goes on for the next caller";
+        }
         throw timeout_error(std::move(what), s, std::move(failure));
     }
 
@@ -704,12 +723,18 @@ private:
                 if (e.transient()) delay = retry_.next_delay(++ch->failures);
                 if (!delay) return end_chain(ch, std::current_exception());
                 ch->not_before = saturating_add(clock::now(), *delay);
+                ch->since = ch->not_before;
                 observer_.on_event(event::retry);
                 continue;
             } catch (...) {
                 return end_chain(ch, std::current_exception(), false);
             }
-            if (h == handle{}) return park(ch); // the deadline came first: the next caller goes on
+            if (h == handle{}) { // the deadline came first: the next caller goes on
+                const auto age = std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - ch->since);
+                drive_result r = park(ch);
+                r.connecting_for = age;
+                return r;
+            }
             info* c = ch->record.release();
             delete ch;
             c->handle = h;
