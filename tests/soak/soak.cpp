@@ -307,7 +307,12 @@ public:
         std::string last;
         for (int i = 0; i < 10000; ++i) {
             c_ = PQconnectdb(conninfo.c_str());
-            if (PQstatus(c_) == CONNECTION_OK) return;
+            if (PQstatus(c_) == CONNECTION_OK) {
+                // Its notices ("relation exists", "PID n is not a PostgreSQL backend process"
+                // for a backend that exited meanwhile) are expected; keep the log readable.
+                PQsetNoticeProcessor(c_, [](void*, const char*) {}, nullptr);
+                return;
+            }
             last = PQerrorMessage(c_);
             PQfinish(c_);
             c_ = nullptr;
@@ -849,8 +854,8 @@ int soak(const options& o, std::size_t fds_before, long rss_start) {
             chaos_thread.join();
             for (auto& w : workers) w.join();
             rss_end = rss_kib();
-            say("chaos over; workers stopped. main pool %s; PgBouncer pool %s", show_stats(mp.stats()).c_str(),
-                show_stats(bp.stats()).c_str());
+            say("chaos over; workers stopped. main pool %s; PgBouncer pool %s (opening: connects left parked)",
+                show_stats(mp.stats()).c_str(), show_stats(bp.stats()).c_str());
 
             // Settle: the main pool's connections against the server's backends. First the
             // server must not count more than the pool (backends of closed connections exit a
@@ -899,9 +904,17 @@ int soak(const options& o, std::size_t fds_before, long rss_start) {
                                ") and the connector (" + std::to_string(main_counts->opened.load() - main_counts->gone()) +
                                " open) disagree");
 
+            // A caller that got a returned connection while it waited out a connect's backoff
+            // leaves that connect parked (stats().opening, no socket yet): maintain() goes on
+            // with it (and, pass_through keeping nothing idle, closes what it opens).
             pqpool::pool_stats bs{};
             int bclients = -1;
             const bool bagree = settle(20s, [&] {
+                try {
+                    (void)bp.maintain();
+                } catch (const std::exception& e) {
+                    say("maintain (PgBouncer pool): %s: %s", type_name(e).c_str(), e.what());
+                }
                 bs = bp.stats();
                 bclients = bouncer_clients_named(ep, ep.bouncer_app);
                 return bs.size == 0 && bclients == 0 && bouncer_counts->opened.load() == bouncer_counts->gone();
