@@ -81,20 +81,28 @@ TEST_CASE("the server stops and comes back 1 s later: every run() succeeds, atte
 
 TEST_CASE("a server that stays down: every caller fails after the retry budget, none hangs",
           "[integration][retry]") {
+    // The backoff is long enough (each budget takes about 0.5 s) that all eight callers are in
+    // line before the first budget ends, even on a loaded machine: a caller arriving after it
+    // would rightly start a budget of its own.
     retry_pool p{sandbox::get().tls(), overflow::fixed{.size = 4, .wait = 30s},
-                 retry::exponential_backoff{.attempts = 3, .base = 20ms, .cap = 50ms, .connecting = 2}};
+                 retry::exponential_backoff{.attempts = 3, .base = 250ms, .cap = 250ms, .connecting = 2}};
     server_down down;
-    std::atomic<int> connect_errors{0};
+    std::atomic<int> connect_errors{0}, ready{0};
+    std::atomic<bool> go{false};
     const auto start = std::chrono::steady_clock::now();
     std::vector<std::thread> callers;
     for (int i = 0; i < 8; ++i)
         callers.emplace_back([&] {
+            ++ready;
+            while (!go) std::this_thread::yield();
             try {
                 p.run([](PGconn* c) { return query(c, "SELECT 1"); });
             } catch (const connect_error& e) {
                 if (e.transient()) ++connect_errors;
             }
         });
+    while (ready < 8) std::this_thread::yield();
+    go = true;
     for (auto& t : callers) t.join();
     CHECK(connect_errors == 8);
     CHECK(std::chrono::steady_clock::now() - start < 10s);
