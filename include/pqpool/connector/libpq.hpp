@@ -98,6 +98,10 @@ struct libpq_attempt_state {
     ~libpq_attempt_state() { finish(conn); }
 };
 
+// The connector's failure-message path without a server (refusals built from
+// a given libpq text): declared here, defined only by tests (tests/fuzz).
+struct libpq_connector_access;
+
 // libpq's "connection to server at "h" (a), port p failed: " prefix, left out
 // where our own label already names the host.
 inline std::string_view without_server_prefix(std::string_view text) {
@@ -162,6 +166,7 @@ public:
 
     private:
         friend class libpq_connector;
+        friend struct detail::libpq_connector_access;
         std::unique_ptr<detail::libpq_attempt_state> state_;
     };
 
@@ -327,6 +332,7 @@ public:
     const libpq_options& options() const noexcept { return options_; }
 
 private:
+    friend struct detail::libpq_connector_access;
     using state = detail::libpq_attempt_state;
 
     [[noreturn]] void fail_connect(const std::string& what, std::string sqlstate, bool transient) const {
@@ -343,8 +349,11 @@ private:
     void forgive_parked_time(state& s) const noexcept;
     void refuse(state& s, std::string why, std::string sqlstate, bool transient, bool ends_attempt = false) const;
     void refuse_with_libpq_error(state& s) const;
+    void refuse_with_libpq_text(state& s, std::string_view text, bool needs_password) const;
     void refuse_setup(state& s) const;
     std::string refusals(const state& s) const;
+    [[noreturn]] void fail_refused(attempt& a) const;
+    [[noreturn]] void fail_timed_out(attempt& a) const;
 
     libpq_options options_;
     std::vector<detail::connect_target> plan_; // the libpq connections an attempt makes, in order
@@ -434,8 +443,11 @@ inline void libpq_connector::refuse(state& s, std::string why, std::string sqlst
 }
 
 inline void libpq_connector::refuse_with_libpq_error(state& s) const {
-    const bool needs_password = PQconnectionNeedsPassword(s.conn) != 0;
-    auto f = detail::parse_connect_failure(PQerrorMessage(s.conn), needs_password);
+    refuse_with_libpq_text(s, PQerrorMessage(s.conn), PQconnectionNeedsPassword(s.conn) != 0);
+}
+
+inline void libpq_connector::refuse_with_libpq_text(state& s, std::string_view text, bool needs_password) const {
+    auto f = detail::parse_connect_failure(text, needs_password);
     // As libpq: a server that answered with an error ends the attempt (the
     // documented "authentication failed: the remaining hosts are not
     // tried"), unless it is only not ready yet (57P03, a standby starting up).
@@ -488,13 +500,7 @@ inline libpq_connector::handle libpq_connector::continue_connect(attempt& a, clo
     };
     for (;;) {
         if (!s.conn) {
-            if (s.target >= plan_.size()) {
-                const std::string what = refusals(s);
-                std::string sqlstate = std::move(s.sqlstate);
-                const bool transient = s.transient;
-                a.state_.reset();
-                fail_connect(what, std::move(sqlstate), transient);
-            }
+            if (s.target >= plan_.size()) fail_refused(a);
             start_target(s);
             continue;
         }
@@ -572,9 +578,19 @@ inline libpq_connector::handle libpq_connector::continue_connect(attempt& a, clo
     }
 }
 
-inline libpq_connector::handle libpq_connector::connect(clock::time_point deadline) const {
-    attempt a;
-    if (handle h = continue_connect(a, deadline)) return h;
+// Every host of the plan refused: the attempt ends with why each did.
+inline void libpq_connector::fail_refused(attempt& a) const {
+    state& s = *a.state_;
+    const std::string what = refusals(s);
+    std::string sqlstate = std::move(s.sqlstate);
+    const bool transient = s.transient;
+    a.state_.reset();
+    fail_connect(what, std::move(sqlstate), transient);
+}
+
+// connect()'s deadline came first: the attempt is cancelled, and the hosts
+// that refused before are named.
+inline void libpq_connector::fail_timed_out(attempt& a) const {
     const state& s = *a.state_;
     const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - s.started).count();
     std::string what = "timed out after " + std::to_string(ms) + " ms";
@@ -582,6 +598,12 @@ inline libpq_connector::handle libpq_connector::connect(clock::time_point deadli
     std::string sqlstate = s.sqlstate;
     cancel_connect(a);
     fail_connect(what, std::move(sqlstate), true);
+}
+
+inline libpq_connector::handle libpq_connector::connect(clock::time_point deadline) const {
+    attempt a;
+    if (handle h = continue_connect(a, deadline)) return h;
+    fail_timed_out(a);
 }
 
 inline bool libpq_connector::probe(handle h) const noexcept {
