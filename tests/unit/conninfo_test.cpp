@@ -122,3 +122,21 @@ TEST_CASE("libpq_connector: a URI whose password libpq would carve up is refused
         }
     }
 }
+
+TEST_CASE("libpq_connector: a password that libpq reads as part of another value is refused without quoting it",
+          "[unit][libpq]") {
+    // Found by tests/fuzz/fuzz_conninfo. libpq skips the blank after '=', so
+    // an empty value makes the next word its value; an open quote runs on; a
+    // URI's query begun with '&' is part of the database name. The host (or
+    // sslmode, or dbname) then held the password, and every message quoted it.
+    for (const std::string conninfo : {"host= password='Kq7/Zw4Vb' dbname=app",
+                                       "host=db sslmode='require password=Kq7Zw4Vb'",
+                                       "host=db application_name='app sslpassword=Kq7Zw4Vb' port=5432",
+                                       "postgresql://db.example/app&password=Kq7Zw4Vb"}) {
+        const std::string msg = refusal(conninfo);
+        CAPTURE(conninfo, msg);
+        CHECK(has(msg, "holds a password"));
+        CHECK_FALSE(has(msg, "Kq7"));
+        CHECK_FALSE(has(msg, "Zw4Vb"));
+    }
+}

@@ -175,8 +175,20 @@ inline parsed_conninfo parse_conninfo(std::string_view input_view) {
     }
     for (const PQconninfoOption* o = parsed.get(); o->keyword; ++o) {
         if (!o->val || !*o->val) continue;
+        const bool secret = o->dispchar && o->dispchar[0] == '*';
+        // libpq skips the blank after '=', so `host= password=x` gives the
+        // host the value "password=x"; an open quote (`sslmode='require
+        // password=x`) runs on the same way, and so does a URI's query begun
+        // with '&' instead of '?' (the database "db&password=x"). Such a
+        // value would be quoted by every message about it (and a host list
+        // split at its commas, out of reach of scrubbing), so it is refused,
+        // quoting nothing.
+        if (!secret && holds_secret_setting(o->val, vocab))
+            fail_conninfo("the value of " + std::string(o->keyword) +
+                          " holds a password setting (is a value left empty before it, or a quote left open?); "
+                          "nothing of it is shown here, so that no password reaches a log");
         out.given.push_back({o->keyword, o->val});
-        if (o->dispchar && o->dispchar[0] == '*') out.secrets.emplace_back(o->val);
+        if (secret) out.secrets.emplace_back(o->val);
     }
     return out;
 }

@@ -107,6 +107,10 @@ inline std::string percent_decode(std::string_view s) {
     return out;
 }
 
+constexpr bool is_conninfo_space(char c) noexcept {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
 inline bool is_uri(std::string_view in) noexcept {
     return in.substr(0, 13) == "postgresql://" || in.substr(0, 11) == "postgres://";
 }
@@ -121,7 +125,6 @@ inline std::vector<std::string> find_secrets(std::string_view in, const conninfo
         out.emplace_back(v);
         if (v.find('%') != std::string_view::npos) out.push_back(percent_decode(v));
     };
-    auto is_space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; };
 
     if (is_uri(in)) {
         const std::string_view rest = in.substr(in.find("://") + 3);
@@ -152,16 +155,16 @@ inline std::vector<std::string> find_secrets(std::string_view in, const conninfo
     // '=' (spaces allowed around it, as libpq allows).
     for (const std::string& key : vocab.secret_keywords) {
         for (std::size_t at = in.find(key); at != std::string_view::npos; at = in.find(key, at + 1)) {
-            if (at > 0 && !is_space(in[at - 1])) continue;
+            if (at > 0 && !is_conninfo_space(in[at - 1])) continue;
             std::size_t i = at + key.size();
-            while (i < in.size() && is_space(in[i])) ++i;
+            while (i < in.size() && is_conninfo_space(in[i])) ++i;
             if (i >= in.size() || in[i] != '=') continue;
             ++i;
-            while (i < in.size() && is_space(in[i])) ++i;
+            while (i < in.size() && is_conninfo_space(in[i])) ++i;
             std::string value;
             const bool quoted = i < in.size() && in[i] == '\'';
             const std::size_t open = quoted ? ++i : i;
-            for (; i < in.size() && (quoted ? in[i] != '\'' : !is_space(in[i])); ++i) {
+            for (; i < in.size() && (quoted ? in[i] != '\'' : !is_conninfo_space(in[i])); ++i) {
                 if (in[i] == '\\' && i + 1 < in.size()) ++i;
                 value += in[i];
             }
@@ -171,6 +174,24 @@ inline std::vector<std::string> find_secrets(std::string_view in, const conninfo
         }
     }
     return out;
+}
+
+// Does one parsed value of a non-secret keyword hold what reads as a secret's
+// setting: a secret keyword and '=' (blanks allowed around it) that starts
+// the value or follows a blank, a '?' or a '&', or a URI with a password?
+// Then libpq read a password as part of that value (see parse_conninfo).
+inline bool holds_secret_setting(std::string_view value, const conninfo_vocabulary& vocab) {
+    if (is_uri(value) && !find_secrets(value, vocab).empty()) return true;
+    for (const std::string& key : vocab.secret_keywords) {
+        for (std::size_t at = value.find(key); at != std::string_view::npos; at = value.find(key, at + 1)) {
+            if (at > 0 && !is_conninfo_space(value[at - 1]) && value[at - 1] != '?' && value[at - 1] != '&')
+                continue;
+            std::size_t i = at + key.size();
+            while (i < value.size() && is_conninfo_space(value[i])) ++i;
+            if (i < value.size() && value[i] == '=') return true;
+        }
+    }
+    return false;
 }
 
 // Replaces quoted fragments of a libpq message that are neither connection
