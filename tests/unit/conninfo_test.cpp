@@ -104,6 +104,11 @@ TEST_CASE("libpq_connector: a URI whose password libpq would carve up is refused
         {"postgresql://u:Pa@ss-Word-7@127.0.0.1/db", {"ss-Word-7", "Word"}},
         {"postgresql://u:Kq7?Zw4/Vb9@127.0.0.1/db", {"Kq7", "Zw4", "Vb9"}},
         {"postgres://u:a/b@c@host:5432/db?sslmode=require", {"a/b@c", "b@c"}},
+        // Found by tests/fuzz/fuzz_conninfo: with no '/' before it, the '@'
+        // of a query's password ends libpq's user-info (the user becomes
+        // "db.example?password=Kq7", the host "Zw4").
+        {"postgresql://db.example?password=Kq7@Zw4/Vb9", {"Kq7", "Zw4", "Vb9"}},
+        {"postgresql://h:5432?sslpassword=Kq7@Zw4", {"Kq7", "Zw4"}},
     };
     for (const carved& c : cases) {
         const std::string msg = refusal(c.uri);

@@ -120,11 +120,15 @@ struct libpq_defaults {
 // Detected: an '@' after the one libpq took as the end of the user-info (or
 // anywhere before the query, when libpq found none); and, when libpq found
 // no user-info although an '@' follows, a "port" that is not a number (what
-// a password with '?' before its '/' turns into). Not detectable: a password
+// a password with '?' before its '/' turns into); and a query parameter
+// naming a secret keyword inside what libpq took as the user-info (with no
+// '/' before it, the '@' of a query's password ends the user-info:
+// `postgresql://h?password=a@b/c` has the user "h?password=a", the host "b"
+// and the database "c"). Not detectable: a password
 // that carries an unencoded '&' followed by something that reads as a query
 // parameter of a real keyword (`?password=a&sslmode=require`): that is a
 // valid URI meaning something else.
-inline void check_uri_password_encoding(std::string_view input) {
+inline void check_uri_password_encoding(std::string_view input, const conninfo_vocabulary& vocab) {
     if (!is_uri(input)) return;
     const std::string_view rest = input.substr(input.find("://") + 3);
     const std::size_t stop = rest.find_first_of("@/");
@@ -132,6 +136,11 @@ inline void check_uri_password_encoding(std::string_view input) {
     const std::size_t after = has_userinfo ? stop + 1 : 0;
     const std::string_view before_query = rest.substr(after, rest.find('?', after) - after);
     bool carved = before_query.find('@') != std::string_view::npos;
+    if (!carved && has_userinfo) {
+        const std::string_view userinfo = rest.substr(0, stop);
+        for (std::size_t q = userinfo.find('?'); !carved && q != std::string_view::npos; q = userinfo.find('?', q + 1))
+            for (std::string_view v : secret_query_values(userinfo.substr(q + 1), vocab)) carved = carved || !v.empty();
+    }
     if (!carved && !has_userinfo && rest.find('@') != std::string_view::npos) {
         std::string_view netloc = rest.substr(0, rest.find_first_of("/?"));
         while (!carved && !netloc.empty()) {
@@ -164,7 +173,7 @@ inline parsed_conninfo parse_conninfo(std::string_view input_view) {
     // libpq itself would never have parsed.
     out.secrets = find_secrets(input, vocab);
     if (input.find('\0') != std::string::npos) fail_conninfo("it contains a NUL character");
-    check_uri_password_encoding(input);
+    check_uri_password_encoding(input, vocab);
 
     char* err = nullptr;
     const conninfo_options parsed{PQconninfoParse(input.c_str(), &err)};

@@ -115,6 +115,22 @@ inline bool is_uri(std::string_view in) noexcept {
     return in.substr(0, 13) == "postgresql://" || in.substr(0, 11) == "postgres://";
 }
 
+// The values of the parameters in a URI's query (the text after a '?') that
+// name a secret keyword, as written (percent-encoded).
+inline std::vector<std::string_view> secret_query_values(std::string_view params, const conninfo_vocabulary& vocab) {
+    std::vector<std::string_view> out;
+    while (!params.empty()) {
+        const std::size_t amp = params.find('&');
+        const std::string_view param = params.substr(0, amp);
+        const std::size_t eq = param.find('=');
+        if (eq != std::string_view::npos && vocab.is_secret(percent_decode(param.substr(0, eq))))
+            out.push_back(param.substr(eq + 1));
+        if (amp == std::string_view::npos) break;
+        params.remove_prefix(amp + 1);
+    }
+    return out;
+}
+
 // The secret values in a conninfo string or URI, found without libpq's parser
 // (which may have just rejected the input). Over-reporting is harmless, so
 // every plausible reading of malformed input is included.
@@ -136,18 +152,8 @@ inline std::vector<std::string> find_secrets(std::string_view in, const conninfo
         for (std::size_t at = rest.find('@'); at != std::string_view::npos; at = rest.find('@', at + 1))
             if (colon != std::string_view::npos && colon < at) add(rest.substr(colon + 1, at - colon - 1));
         // Query parameters naming a secret keyword.
-        for (std::size_t q = rest.find('?'); q != std::string_view::npos; q = rest.find('?', q + 1)) {
-            std::string_view params = rest.substr(q + 1);
-            while (!params.empty()) {
-                const std::size_t amp = params.find('&');
-                const std::string_view param = params.substr(0, amp);
-                const std::size_t eq = param.find('=');
-                if (eq != std::string_view::npos && vocab.is_secret(percent_decode(param.substr(0, eq))))
-                    add(param.substr(eq + 1));
-                if (amp == std::string_view::npos) break;
-                params.remove_prefix(amp + 1);
-            }
-        }
+        for (std::size_t q = rest.find('?'); q != std::string_view::npos; q = rest.find('?', q + 1))
+            for (std::string_view v : secret_query_values(rest.substr(q + 1), vocab)) add(v);
         return out;
     }
 
