@@ -145,3 +145,15 @@ TEST_CASE("libpq_connector: a password that libpq reads as part of another value
         CHECK_FALSE(has(msg, "Zw4Vb"));
     }
 }
+
+TEST_CASE("libpq_connector: a parse error quoting a password that spans lines shows none of it", "[unit][libpq]") {
+    // Found by tests/fuzz/fuzz_conninfo: libpq quotes the whole malformed
+    // value, newline and all; the scrubbing went line by line and kept the
+    // second line's part, the one before the closing quote.
+    const std::string msg = refusal("postgresql://h/app?password=Kq7\nZw4%zVb");
+    CAPTURE(msg);
+    CHECK(has(msg, "invalid percent-encoded token"));
+    CHECK_FALSE(has(msg, "Kq7"));
+    CHECK_FALSE(has(msg, "Zw4"));
+    CHECK_FALSE(has(msg, "zVb"));
+}

@@ -202,51 +202,41 @@ inline bool holds_secret_setting(std::string_view value, const conninfo_vocabula
 
 // Replaces quoted fragments of a libpq message that are neither connection
 // keywords nor libpq's own template punctuation. Once a fragment is redacted,
-// the rest of its line up to the line's last quote goes with it: the fragment
+// the rest of the message up to its last quote goes with it: the fragment
 // may itself contain quote characters, and pairing quotes inside user input
-// cannot be trusted. An unmatched quote redacts to the end of the line.
-// Sets `changed` when anything was replaced.
+// cannot be trusted. Nor can lines: libpq quotes a value whole, newlines
+// included. An unmatched quote redacts to the end of the message. Sets
+// `changed` when anything was replaced.
 inline std::string scrub_quoted_fragments(std::string_view text, const conninfo_vocabulary& vocab, bool& changed) {
     std::string out;
     out.reserve(text.size());
     changed = false;
-    while (!text.empty()) {
-        const std::size_t nl = text.find('\n');
-        std::string_view line = text.substr(0, nl == std::string_view::npos ? text.size() : nl + 1);
-        text.remove_prefix(line.size());
-        const std::size_t last_quote = line.rfind('"');
-        std::size_t pos = 0;
-        for (;;) {
-            const std::size_t open = line.find('"', pos);
-            if (open == std::string_view::npos) {
-                out.append(line.substr(pos));
-                break;
-            }
-            const std::size_t close = line.find('"', open + 1);
-            if (close != std::string_view::npos) {
-                const std::string_view inner = line.substr(open + 1, close - open - 1);
-                const bool keep = vocab.is_keyword(inner) ||
-                                  std::find(std::begin(template_punctuation), std::end(template_punctuation),
-                                            inner) != std::end(template_punctuation);
-                if (keep) {
-                    out.append(line.substr(pos, close + 1 - pos));
-                    pos = close + 1;
-                    continue;
-                }
-            }
-            changed = true;
-            out.append(line.substr(pos, open + 1 - pos));
-            out.append(redacted_mark);
-            if (close == std::string_view::npos) {
-                // Unmatched: everything after it goes, but keep the newline.
-                if (!line.empty() && line.back() == '\n') out += '\n';
-            } else {
-                out.append(line.substr(last_quote));
-            }
-            break;
+    const std::size_t last_quote = text.rfind('"');
+    std::size_t pos = 0;
+    for (;;) {
+        const std::size_t open = text.find('"', pos);
+        if (open == std::string_view::npos) {
+            out.append(text.substr(pos));
+            return out;
         }
+        const std::size_t close = text.find('"', open + 1);
+        if (close != std::string_view::npos) {
+            const std::string_view inner = text.substr(open + 1, close - open - 1);
+            const bool keep = vocab.is_keyword(inner) ||
+                              std::find(std::begin(template_punctuation), std::end(template_punctuation), inner) !=
+                                  std::end(template_punctuation);
+            if (keep) {
+                out.append(text.substr(pos, close + 1 - pos));
+                pos = close + 1;
+                continue;
+            }
+        }
+        changed = true;
+        out.append(text.substr(pos, open + 1 - pos));
+        out.append(redacted_mark);
+        if (close != std::string_view::npos) out.append(text.substr(last_quote));
+        return out;
     }
-    return out;
 }
 
 // A libpq parse error about `conninfo`, fit for an exception message.
