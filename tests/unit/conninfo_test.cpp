@@ -7,8 +7,15 @@
 
 #include <pqpool/connector/libpq.hpp>
 
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <cstdlib>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -156,4 +163,38 @@ TEST_CASE("libpq_connector: a parse error quoting a password that spans lines sh
     CHECK_FALSE(has(msg, "Kq7"));
     CHECK_FALSE(has(msg, "Zw4"));
     CHECK_FALSE(has(msg, "zVb"));
+}
+
+TEST_CASE("libpq_connector: a certificate path naming a FIFO does not block the constructor", "[unit][libpq]") {
+    // Found while checking that the constructor does no I/O that can wait:
+    // its readability check open()ed the file, and open() of a FIFO for
+    // reading waits for a writer, forever. Built in a child, so that a hang
+    // fails the test instead of hanging it.
+    char dir[] = "/tmp/pqpool-fifo-XXXXXX";
+    REQUIRE(::mkdtemp(dir) != nullptr);
+    const std::string fifo = std::string(dir) + "/root.crt";
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        try {
+            libpq_connector c{"host=db.example sslrootcert=" + fifo};
+        } catch (const config_error&) {
+        }
+        ::_exit(0);
+    }
+    int status = 0;
+    pid_t done = 0;
+    for (int i = 0; i < 500 && done == 0; ++i) {
+        done = ::waitpid(pid, &status, WNOHANG);
+        if (done == 0) std::this_thread::sleep_for(10ms);
+    }
+    if (done == 0) {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, &status, 0);
+    }
+    ::unlink(fifo.c_str());
+    ::rmdir(dir);
+    CHECK(done == pid);
+    CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
 }

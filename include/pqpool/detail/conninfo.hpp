@@ -348,7 +348,9 @@ inline void check_file(const parsed_conninfo& ci, std::string_view keyword) {
     } else if (S_ISDIR(st.st_mode)) {
         fail_conninfo(kw + " " + quoted(*path) + " is a directory, not a file");
     }
-    const int fd = ::open(path->c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
+    // writer, forever; O_NOCTTY: a terminal device must not become ours.
+    const int fd = ::open(path->c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0) {
         const int e = errno;
         fail_conninfo(kw + " file " + quoted(*path) + " cannot be read: " + std::strerror(e));
