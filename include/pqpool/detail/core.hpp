@@ -703,7 +703,11 @@ private:
                     if (mode == backoff::give_up) return park(ch);
                     const time_point end = std::min(ch->not_before, until.get());
                     if (info* c = wait_out_backoff(ch, end)) {
-                        park(ch);
+                        // Served by a returned connection while backing off: the
+                        // chain has no handshake in progress worth keeping, so it
+                        // ends and its slot goes to the next waiter (parked, it
+                        // would hold a slot with nobody asking for it).
+                        end_chain(ch, nullptr);
                         return {drive_result::handed, c};
                     }
                     if (ch->not_before > clock::now()) return park(ch); // the caller's wait ended first
