@@ -175,16 +175,20 @@ public:
     ///
     /// Throws `config_error` for input libpq cannot parse; a URI whose password
     /// holds an unencoded `/` or `@` (libpq would read pieces of it as host,
-    /// port or database: the message quotes nothing of the URI); a value
-    /// libpq would refuse at every connect (`sslmode`, `gssencmode`,
-    /// `channel_binding`, `target_session_attrs`, the TLS versions, ports,
-    /// `hostaddr`, integer keywords such as `connect_timeout` or
-    /// `keepalives_idle`), naming the keyword, the value and what is allowed;
-    /// a `connect_timeout` keyword that disagrees with
+    /// port or database: the message quotes nothing of the URI); a value that
+    /// holds a password setting (`host= password=x` gives the host the value
+    /// "password=x", and so does a quote left open: the message quotes nothing
+    /// of it); a value libpq would refuse at every connect (`sslmode`,
+    /// `gssencmode`, `channel_binding`, `target_session_attrs`, the TLS
+    /// versions, ports, `hostaddr`, integer keywords such as `connect_timeout`
+    /// or `keepalives_idle`), naming the keyword, the value and what is
+    /// allowed; a `connect_timeout` keyword that disagrees with
     /// `libpq_options::connect_timeout`; an `sslrootcert`, `sslcert` or
     /// `sslkey` file that does not exist or cannot be read; and what
     /// `libpq_options::check` refuses. No message quotes a password. Cost: a
-    /// parse, `PQconndefaults`, a few `stat`/`open` calls; no network I/O.
+    /// parse, `PQconndefaults` (which looks up the user's name), a few
+    /// `stat`/`open` calls that never wait (a FIFO is not waited on); no
+    /// network I/O.
     explicit libpq_connector(std::string_view conninfo_or_uri, libpq_options options = {});
 
     /// Starts `a` if it is empty, then drives it until the connection is
