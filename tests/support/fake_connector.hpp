@@ -70,6 +70,8 @@ struct chaos {
     std::chrono::microseconds max_connect_delay{0}; // uniform in [0, this]
     std::chrono::microseconds max_ping_delay{0};
     std::chrono::microseconds max_busy_close{0};    // closing a busy connection (a cancel) takes up to this
+    double slow = 0;                                // probability that a connect or a ping takes slow_delay more
+    std::chrono::milliseconds slow_delay{0};        // (a stalled server: far longer than the callers' waits)
 };
 
 // What a connect attempt should do.
@@ -173,6 +175,8 @@ public:
                     a.outcome = {fault::permanent, "28P01"};
                 delay += std::chrono::duration_cast<typename Clock::duration>(
                     server_->draw_up_to(server_->random->max_connect_delay));
+                if (server_->draw() < server_->random->slow)
+                    delay += std::chrono::duration_cast<typename Clock::duration>(server_->random->slow_delay);
             }
             a.ready_at = Clock::now() + delay;
         }
@@ -260,6 +264,7 @@ public:
             if (server_->random) {
                 std::lock_guard lock(server_->m);
                 delay += server_->draw_up_to(server_->random->max_ping_delay);
+                if (server_->draw() < server_->random->slow) delay += server_->random->slow_delay;
             }
             if (delay.count() > 0) {
                 const auto answer_at = Clock::now() + delay;

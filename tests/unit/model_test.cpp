@@ -55,8 +55,8 @@ namespace {
 using steady = std::chrono::steady_clock;
 
 // The README documents a few milliseconds; sanitizers and a shared 2-core
-// machine need more. A broken bound overshoots by a connect or ping delay's
-// multiple, or hangs.
+// machine need more. A broken bound overshoots by a stalled connect or ping
+// (slow_delay, 400 ms), or hangs.
 constexpr auto margin = 300ms;
 
 std::uint64_t env_number(const char* name, std::uint64_t fallback) {
@@ -108,7 +108,7 @@ model_b make_pool<model_b>(std::shared_ptr<fake_server> s, std::mt19937_64& rng)
 template <>
 model_c make_pool<model_c>(std::shared_ptr<fake_server> s, std::mt19937_64& rng) {
     return model_c{fake_connector<>{s}, overflow::pass_through{.max_open = 1 + rng() % 3, .wait = 8ms},
-                   validation::ping_if_idle{.idle_for = 1ms, .timeout = 3ms},
+                   validation::ping_if_idle{.idle_for = 1ms, .timeout = 1s},
                    recycling::limits{.max_lifetime = 0ms, .max_idle = 0ms},
                    retry::exponential_backoff{.attempts = 3, .base = 1ms, .cap = 2ms, .connecting = 1}};
 }
@@ -116,7 +116,7 @@ template <>
 model_d make_pool<model_d>(std::shared_ptr<fake_server> s, std::mt19937_64& rng) {
     const std::size_t size = 1 + rng() % 4;
     return model_d{fake_connector<>{s}, overflow::fixed{.size = size, .wait = 10ms},
-                   validation::ping_if_idle{.idle_for = std::chrono::milliseconds{rng() % 3}, .timeout = 4ms},
+                   validation::ping_if_idle{.idle_for = std::chrono::milliseconds{rng() % 3}, .timeout = 1s},
                    recycling::limits{.max_lifetime = 0ms, .max_uses = rng() % 3, .min_idle = rng() % (size + 1)},
                    retry::exponential_backoff{.attempts = 2 + static_cast<unsigned>(rng() % 3), .base = 1ms,
                                               .cap = 4ms, .connecting = 1 + rng() % 3}};
@@ -287,8 +287,12 @@ public:
     void set_max(std::size_t m) { max_ = m; }
 };
 
+// Time spent per ending, for the summary line.
+std::chrono::nanoseconds time_in_ending[3]{};
+
 template <class Pool>
 void one_run(std::uint64_t seed, std::vector<std::string>& failures) {
+    const auto run_start = steady::now();
     std::mt19937_64 rng(seed);
     auto server = std::make_shared<fake_server>();
     server->rng.seed(seed ^ 0x9E3779B97F4A7C15ull);
@@ -299,6 +303,10 @@ void one_run(std::uint64_t seed, std::vector<std::string>& failures) {
     c.max_connect_delay = std::chrono::microseconds{rng() % 3000};
     c.max_ping_delay = std::chrono::microseconds{rng() % 3000};
     c.max_busy_close = std::chrono::microseconds{rng() % 2000};
+    // Now and then a connect or a ping stalls far longer than any wait: a caller must still
+    // return within its wait plus the margin (the margin is shorter than the stall).
+    c.slow = 0.005;
+    c.slow_delay = 400ms;
     server->random = c;
     violations v;
     auto pool = std::make_unique<Pool>(make_pool<Pool>(server, rng));
@@ -375,7 +383,7 @@ void one_run(std::uint64_t seed, std::vector<std::string>& failures) {
         std::vector<typename Pool::lease> all;
         for (std::size_t tries = 0; all.size() < max_size && tries < 3 * max_size + 10; ++tries) {
             try {
-                all.push_back(p->acquire_for(50ms));
+                all.push_back(p->acquire_for(1s)); // a stalled connect (parked) may take its 400 ms
             } catch (const error&) { // a connect that failed before the faults were turned off
             }
         }
@@ -436,6 +444,7 @@ void one_run(std::uint64_t seed, std::vector<std::string>& failures) {
                   std::to_string(max_size));
     }
     for (auto& f : v.list) failures.push_back("seed " + std::to_string(seed) + ": " + f);
+    time_in_ending[ending] += steady::now() - run_start;
 }
 
 } // namespace
@@ -459,7 +468,12 @@ TEST_CASE("model: random operations and faults keep every invariant", "[model]")
         }
         if (failures.size() > 10) break;
     }
-    std::cout << "model: " << done << " runs, " << failures.size() << " failures" << std::endl;
+    const auto ms = [](std::chrono::nanoseconds d) {
+        return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + " ms";
+    };
+    std::cout << "model: " << done << " runs, " << failures.size() << " failures (time at rest / closed / destroyed: "
+              << ms(time_in_ending[0]) << " / " << ms(time_in_ending[1]) << " / " << ms(time_in_ending[2]) << ")"
+              << std::endl;
     for (const auto& f : failures) UNSCOPED_INFO(f);
     CHECK(failures.empty());
     CHECK(done > 0);
