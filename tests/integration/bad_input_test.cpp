@@ -377,7 +377,7 @@ TEST_CASE("bad input: a listener that accepts and never answers", "[integration]
         CHECK(p.observer().count(event::retry) == 1);
         REQUIRE(late.error.last_connect_error() != nullptr);
         CHECK(late.error.last_connect_error()->transient());
-        CHECK(has(late.what(), "connecting is failing: pqpool: cannot connect to "));
+        CHECK(has(late.what(), "connecting is failing: cannot connect to "));
         CHECK(has(late.what(), "timed out after 2000 ms"));
         check_no_password(late.what(), secret, conninfo);
     }
