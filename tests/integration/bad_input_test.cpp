@@ -367,6 +367,7 @@ TEST_CASE("bad input: a listener that accepts and never answers", "[integration]
         CHECK(early.took < 1s + margin);
         CHECK(early.error.last_connect_error() == nullptr);
         CHECK(has(early.what(), "1 opening"));
+        CHECK(has(early.what(), "its connect has had no answer for")); // a silent server says so
         check_no_password(early.what(), secret, conninfo);
         // The parked connect goes on; its host's 2 s end 1 s into this wait,
         // the retry starts, and this wait ends first.
