@@ -170,16 +170,22 @@ TEST_CASE("redact: a secret is scrubbed only as a whole token", "[unit][libpq]")
 
 TEST_CASE("fork gate: fork() waits for a connect step in flight, and the child may take the gate", "[unit][libpq]") {
     detail::fork_gate::install();
-    std::atomic<bool> inside{false};
+    std::atomic<bool> inside{false}, forked{false};
     std::thread step([&] {
-        detail::fork_gate::step gate;
-        inside = true;
-        std::this_thread::sleep_for(300ms);
+        {
+            detail::fork_gate::step gate;
+            inside = true;
+            std::this_thread::sleep_for(300ms);
+        }
+        // Still running at the fork: a thread that had finished unjoined would be reported by
+        // ThreadSanitizer in the child as a thread leak (its exit code then fails the test).
+        while (!forked) std::this_thread::yield();
     });
     while (!inside) std::this_thread::yield();
     const auto start = std::chrono::steady_clock::now();
     const pid_t pid = ::fork();
     REQUIRE(pid >= 0);
+    if (pid > 0) forked = true;
     if (pid == 0) {
         ::alarm(10); // a child that hangs dies of SIGALRM, and the test fails
         { detail::fork_gate::step gate; } // would hang if the child inherited a held gate
