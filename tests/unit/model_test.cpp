@@ -21,7 +21,10 @@
 // - only the documented exceptions come out;
 // - at rest, the pool's counts equal the fake's (idle == open, opening ==
 //   connects in flight, nothing in use or waiting);
-// - every waiter wakes when the pool closes or is destroyed.
+// - every waiter wakes when the pool closes or is destroyed;
+// - an unlimited wait never times out;
+// - waiters are served first come, first served, also when the connection
+//   handed to the first one fails validation or is retired (check_fifo).
 //
 // A failure prints its seed. Environment:
 //   PQPOOL_MODEL_SEED=<n>     first seed (default: random, printed)
@@ -200,6 +203,11 @@ private:
         std::optional<lease> l;
         try {
             l.emplace(pool_.acquire_for(wait));
+        } catch (const timeout_error& e) {
+            if (wait == std::chrono::milliseconds::max())
+                v_.add(std::string("an unlimited wait timed out: ") + e.what());
+            check_bound(start, wait);
+            throw;
         } catch (...) {
             check_bound(start, wait);
             throw;
@@ -287,6 +295,75 @@ public:
     void set_max(std::size_t m) { max_ = m; }
 };
 
+// Waiters are served first come, first served. The pool is full (this thread
+// holds every connection it may open); callers line up one at a time (each
+// counted in stats().waiting before the next comes), then this thread returns
+// one lease at a time, each after something a server or a user might do to it
+// (killed: the hand-off fails validation, or the release retires it; marked
+// broken: closed, its slot becomes a connect permit; expired or used up by the
+// recycling policy), and the next one only after a caller was served. A
+// caller served hands its lease back to this thread, so the pool stays full.
+// The callers must be served in the order they lined up.
+template <class Pool>
+void check_fifo(Pool& pool, fake_server& server, violations& v, std::mt19937_64& rng) {
+    using lease = typename Pool::lease;
+    const std::size_t max_size = pool.overflow().max_size();
+    std::vector<lease> held;
+    for (std::size_t tries = 0; held.size() < max_size && tries < 3 * max_size + 10; ++tries) {
+        try {
+            held.push_back(pool.acquire_for(1s));
+        } catch (const error&) { // a connect whose failure was drawn before the faults stopped
+        }
+    }
+    if (held.size() < max_size) return v.add("FIFO: could not fill the pool: " + detail::describe(pool.stats()));
+    const int callers =
+        static_cast<int>(std::min<std::size_t>(pool.overflow().max_waiters(), 2 + static_cast<std::size_t>(rng() % 4)));
+    std::mutex m;
+    std::vector<int> order;
+    std::vector<lease> handed_back;
+    std::atomic<int> served{0};
+    std::vector<std::thread> ts;
+    const auto give_up = steady::now() + 10s;
+    for (int i = 0; i < callers; ++i) {
+        ts.emplace_back([&, i] {
+            try {
+                lease l = pool.acquire_for(10s);
+                std::lock_guard lock(m);
+                order.push_back(i);
+                handed_back.push_back(std::move(l));
+            } catch (const std::exception& e) {
+                v.add("FIFO: caller " + std::to_string(i) + " was not served: " + e.what());
+            }
+            ++served;
+        });
+        while (pool.stats().waiting < static_cast<std::size_t>(i + 1) && steady::now() < give_up)
+            std::this_thread::yield();
+    }
+    for (int i = 0; i < callers && steady::now() < give_up; ++i) {
+        if (held.empty()) {
+            std::lock_guard lock(m);
+            held.swap(handed_back);
+        }
+        lease l = std::move(held.back());
+        held.pop_back();
+        switch (rng() % 4) {
+        case 0: server.kill(l.get()); break;
+        case 1: l.mark_broken(); break;
+        default: break;
+        }
+        l.release();
+        while (served < i + 1 && steady::now() < give_up) std::this_thread::yield();
+    }
+    for (auto& t : ts) t.join();
+    std::vector<int> expected(static_cast<std::size_t>(callers));
+    for (int i = 0; i < callers; ++i) expected[static_cast<std::size_t>(i)] = i;
+    if (order != expected) {
+        std::string got;
+        for (int i : order) got += " " + std::to_string(i);
+        v.add("FIFO: callers lined up as 0.." + std::to_string(callers - 1) + " were served as" + got);
+    }
+}
+
 // Time spent per ending, for the summary line.
 std::chrono::nanoseconds time_in_ending[3]{};
 
@@ -357,6 +434,7 @@ void one_run(std::uint64_t seed, std::vector<std::string>& failures) {
             std::this_thread::sleep_for(5ms);
         }
         check_rest("after maintain()", true);
+        check_fifo(*pool, *server, v, rng);
         pool.reset();
     } else if (ending == 1) { // close() while threads are inside; every waiter must wake
         std::atomic<bool> stop{false};
