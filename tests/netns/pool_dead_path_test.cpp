@@ -127,7 +127,7 @@ TEST_CASE("idle connections on a dead path are found dead by keepalives and repl
 }
 
 TEST_CASE("with the default TCP settings a query in flight on a dead path fails within tcp_user_timeout (30 s)",
-          "[netns][defaults]") {
+          "[netns][defaults][slow]") {
     pool<> p{netns::conninfo()}; // no keepalive or tcp_user_timeout keyword: the pool's defaults apply
     auto l = p.acquire();
     netns::dropped_port cut{netns::server_port()};
