@@ -1,6 +1,6 @@
-// Incidents 003 and 004: work that runs after an idle period (a background job,
-// the first request after a quiet night) meets a connection the server or a
-// proxy already closed: "SSL connection has been closed unexpectedly".
+// Work that runs after an idle period (a background job, the first request after
+// a quiet night) meets a connection the server or a proxy already closed:
+// "SSL connection has been closed unexpectedly".
 // ping_if_idle replaces such a connection before it is handed out, and run()
 // re-runs idempotent work on a fresh connection when the connection is lost
 // half-way (a server restart, a killed backend).

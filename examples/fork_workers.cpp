@@ -1,5 +1,5 @@
-// Incident 000: a process holding TLS connections forks workers, and the parent
-// starts failing with "SSL error: decryption failed or bad record mac".
+// A process holding TLS connections forks workers, and the parent starts failing
+// with "SSL error: decryption failed or bad record mac".
 // With fork_safety::detect (the default) each child abandons what it inherited
 // without a byte of I/O and opens its own connection; the parent is untouched.
 // Usage: fork_workers "<conninfo>"

@@ -1,11 +1,18 @@
 #pragma once
 
 /// \file
-/// `pqpool::pool<Options...>`: the pool a user names, policies in any order.
+/// `pqpool::pool<Options...>`: the pool a user names, policies in any order;
+/// `pqpool::make_pool(connector, policies...)`: the same pool, its type deduced
+/// from the policy objects, so that each policy is named once.
 
 #include <pqpool/basic_pool.hpp>
 #include <pqpool/connector/libpq.hpp>
 #include <pqpool/detail/select.hpp>
+
+#include <cstddef>
+#include <cstdlib>
+#include <type_traits>
+#include <utility>
 
 namespace pqpool {
 
@@ -21,7 +28,71 @@ namespace pqpool {
 /// auto conn = p.acquire();
 /// PQexec(conn.get(), "SELECT 1");
 /// \endcode
+///
+/// Name the type this way where it must be named (a class member, a function
+/// parameter); elsewhere `make_pool` deduces it.
 template <class... Options>
 using pool = typename detail::select<libpq_connector, Options...>::type;
+
+namespace detail {
+
+// The pool make_pool returns: a connector object passed first names its own
+// type among the options; anything else (a conninfo string or URI) is what a
+// libpq_connector is made from.
+template <class ConnectorArg, class... Policies>
+struct deduced_pool {
+    using type = pool<Policies...>;
+};
+template <class ConnectorArg, class... Policies>
+    requires std::is_same_v<typename category_of<ConnectorArg>::type, connector_tag>
+struct deduced_pool<ConnectorArg, Policies...> {
+    using type = pool<ConnectorArg, Policies...>;
+};
+
+// Does the pool type take each policy object make_pool was given? It does not
+// when the selection failed (an object that is no policy, two of one category,
+// one that does not model its concept): a static_assert in select has then
+// said so, and make_pool constructs nothing, so that no second error follows.
+template <class P, class Pool>
+inline constexpr bool takes_policy = false;
+template <class P, template <class...> class Pool, class... Params>
+inline constexpr bool takes_policy<P, Pool<Params...>> = (std::is_same_v<P, Params> || ...);
+
+template <class P, class... Ps>
+inline constexpr std::size_t occurrences = (std::size_t{std::is_same_v<P, Ps>} + ... + 0);
+
+template <class Pool, class... Policies>
+inline constexpr bool takes_each_once =
+    ((takes_policy<Policies, Pool> && occurrences<Policies, Policies...> == 1) && ...);
+
+} // namespace detail
+
+/// Makes a pool whose policies are the types of the policy objects passed,
+/// each named once:
+///
+/// \code
+/// auto p = pqpool::make_pool("host=db sslmode=require",
+///                            pqpool::validation::probe{},
+///                            pqpool::overflow::fixed{.size = 20});
+/// // decltype(p) is pqpool::pool<pqpool::validation::probe, pqpool::overflow::fixed>
+/// \endcode
+///
+/// `connector` is a conninfo string or URI (for a `libpq_connector`), or a
+/// connector object (e.g. a `libpq_connector` with setup statements), whose
+/// type then becomes the pool's connector. The policies come in any order, at
+/// most one per category; a category left out gets its default, as in
+/// `pool<…>`. Naming two policies of one category, or passing an object that
+/// is no policy, fails to compile with the same one-line message as
+/// `pool<…>`. Throws what the pool's constructor throws (`config_error` for
+/// numbers out of range or a bad conninfo).
+template <class ConnectorArg, class... Policies>
+typename detail::deduced_pool<std::remove_cvref_t<ConnectorArg>, Policies...>::type
+make_pool(ConnectorArg&& connector, const Policies&... policies) {
+    using pool_type = typename detail::deduced_pool<std::remove_cvref_t<ConnectorArg>, Policies...>::type;
+    if constexpr (detail::takes_each_once<pool_type, Policies...>)
+        return pool_type(std::forward<ConnectorArg>(connector), policies...);
+    else
+        std::abort(); // never runs: pool_type's selection failed to compile, saying why
+}
 
 } // namespace pqpool

@@ -19,3 +19,4 @@
 #include <pqpool/policies/validation.hpp>
 #include <pqpool/pool.hpp>
 #include <pqpool/stats.hpp>
+#include <pqpool/version.hpp>

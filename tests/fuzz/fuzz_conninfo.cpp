@@ -30,7 +30,7 @@
 // "&password=" before it, '&' or nothing after it; a '&' instead of the
 // '?' counts too). Elsewhere (the fuzzer moved the "{}"), the input still
 // runs, for crashes, but the password is not looked for. Nor is it where the
-// text means something else by the rules of its form, as the README
+// text means something else by the rules of its form, as docs/guarantees.md
 // documents: a raw key=value password holding white space, and a raw URI
 // query password holding '&'.
 //

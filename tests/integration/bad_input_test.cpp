@@ -2,8 +2,8 @@
 // counters to see the attempts; `libpq_connector` where the connector's own
 // bound is what is tested). Each checks the exact exception type, a phrase of
 // the message that names the problem, how fast it arrives, and that no piece
-// of the password is in it. README.md, "Bad input and what you get", tables
-// the results.
+// of the password is in it. docs/bad-input.md, "Bad input and what you get",
+// tables the results.
 //
 // Bounds. Construction errors arrive "at once" (no I/O; asserted < 500 ms,
 // measured about 1 ms). Every conninfo that reaches a socket carries

@@ -43,7 +43,7 @@ std::vector<std::string> fragments(const std::string& password, const std::strin
 }
 
 // The word "password" of our own messages holds "ass" and "ord", which the
-// audit's example passwords hold too: it does not count.
+// example passwords below hold too: it does not count.
 void check_clean(const std::string& text, const std::string& password, const std::string& conninfo) {
     std::string checked = text;
     for (std::size_t at = checked.find("password"); at != std::string::npos; at = checked.find("password"))
@@ -142,7 +142,7 @@ TEST_CASE("libpq_connector: passwords with special characters connect, and no me
 
 TEST_CASE("libpq_connector: an unencoded '/' or '@' in a URI's password is refused without quoting the URI",
           "[integration][libpq]") {
-    // The audit's examples, pointed at the sandbox: libpq would read pieces of
+    // Passwords as users write them, pointed at the sandbox: libpq would read pieces of
     // these passwords as the port, the host or the database name.
     for (const std::string password : {"Right-Pass/42", "9hQe2/Zk8Wq4Rt", "Pa@ss-Word-7", "Kq7?Zw4/Vb9"}) {
         const std::string uri = raw_uri(password);

@@ -57,7 +57,7 @@ bool select_1(PGconn* c) {
 
 TEST_CASE("acquire() keeps its wait when the path freezes under idle connections", "[proxy][time_bounds]") {
     fault_proxy proxy{server_port()};
-    // The default policies, with the sizes of the audit that saw 25 s for a 2 s wait.
+    // The default policies, with sizes at which a 2 s wait once took 25 s.
     pool<> p{proxy.route(sandbox::get().tls()), overflow::bounded{.size = 3, .max_overflow = 0, .wait = 2s},
              validation::ping_if_idle{.idle_for = 300ms}};
     {

@@ -27,7 +27,7 @@
 // a server restart keeps the server away (0.5-2.5 s here) or a PgBouncer restart (~2 s). The
 // default budget (0.75 s on average) is shorter than a restart: a run() whose *first*
 // acquire falls into a restart, with no connection in the pool, then gets the connect_error
-// by design (README: "the first acquire is not retried"), and a loss through a restarting
+// by design (basic_pool::run: "the first acquire is not retried"), and a loss through a restarting
 // PgBouncer runs out of attempts. --default-retry runs with the default to show that.
 // PgBouncer's server_login_retry is set to 1 s (--bouncer-login-retry) through its console:
 // with its default, 15 s, PgBouncer closes every client at its first query for up to 15 s
