@@ -333,7 +333,12 @@ public:
                 return;
             }
         }
-        if constexpr (!obs_silent) c->marked_broken = broken;
+        if constexpr (!obs_silent) {
+            // Set once, just before the connection is closed (a broken one never
+            // comes back): nothing to clear on the plain path.
+            if (broken) [[unlikely]]
+                c->marked_broken = true;
+        }
         if constexpr (watches_leases) lease_back(*c);
         const time_point now = timed ? coarse_now<clock>() : time_point{};
         const bool keep = !broken && current_epoch(*c) && recycling_.keep_on_release(connector_, *c, now);

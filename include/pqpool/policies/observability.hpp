@@ -246,7 +246,7 @@ public:
     F& callable() noexcept { return f_; }
 
 private:
-    F f_{};
+    [[no_unique_address]] F f_{};
 };
 
 /// Reports leases held longer than `threshold`: the pool records where each
