@@ -10,13 +10,20 @@
 
 #include <pqpool/observability/logfmt.hpp>
 #include <pqpool/observability/prometheus.hpp>
+#include <pqpool/observability/tls.hpp>
+#include <pqpool/pool.hpp>
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <unistd.h>
 
 using namespace pqpool;
 using namespace pqpool::test;
@@ -75,7 +82,7 @@ TEST_CASE("log_histogram: buckets tile the durations, and every power of two fro
     CHECK(h::upper_edge(h::bucket_count - 1) == std::chrono::nanoseconds::max());
 }
 
-TEST_CASE("log_histogram: a percentile is within 12.5% of the true value; counts at an edge are exact",
+TEST_CASE("log_histogram: a percentile is within 12.5% of the true value, and counts at an edge are exact",
           "[observability][histogram]") {
     std::mt19937_64 rng(12);
     std::uniform_real_distribution<double> exponent(7.0, 42.9);
@@ -225,7 +232,7 @@ TEST_CASE("a retry event carries its backoff and the failure that caused it", "[
     CHECK(r.of(event::connect_failed).at(0).transient);
 }
 
-TEST_CASE("timeout and exhausted events; a timeout carries its wait", "[observability]") {
+TEST_CASE("timeout and exhausted events, a timeout with its wait", "[observability]") {
     event_recorder r;
     auto s = std::make_shared<fake_server>();
     null_pool<overflow::fixed, sink<event_recorder>> pool{fake_connector<>{s}, overflow::fixed{.size = 1},
@@ -352,6 +359,43 @@ TEST_CASE("close reasons: validation, broken, reset failed, epoch, surplus, pool
     }
 }
 
+TEST_CASE("events come after the pool is destroyed, while leases are out", "[observability]") {
+    event_recorder r;
+    auto s = std::make_shared<fake_server>();
+    std::optional<null_pool<overflow::fixed, sink<event_recorder>>::lease> out;
+    {
+        null_pool<overflow::fixed, sink<event_recorder>> pool{fake_connector<>{s}, sink<event_recorder>{r}};
+        out.emplace(pool.acquire());
+    }
+    CHECK(r.count(event::retired) == 0);
+    out->release();
+    const auto retired = r.of(event::retired);
+    REQUIRE(retired.size() == 1);
+    CHECK(retired[0].reason == close_reason::pool_closed);
+    CHECK(s->open() == 0);
+}
+
+TEST_CASE("an observer's fork-aware lock held by another thread at fork() does not hang the child",
+          "[observability][fork_safety]") {
+    detail::fork_aware_lock lock;
+    std::atomic<bool> held{false}, done{false};
+    std::thread holder([&] {
+        std::lock_guard g(lock);
+        held = true;
+        while (!done) std::this_thread::yield();
+    });
+    while (!held) std::this_thread::yield();
+    const int code = in_child([&] {
+        ::alarm(10); // a hang kills the child instead of the suite
+        std::lock_guard g(lock);
+        return 0;
+    });
+    done = true;
+    holder.join();
+    CHECK(code == 0);
+    std::lock_guard g(lock); // and the parent's lock still works
+}
+
 TEST_CASE("close reasons: fork (the child abandons inherited connections)", "[observability][fork_safety]") {
     event_recorder r;
     auto s = std::make_shared<fake_server>();
@@ -413,6 +457,9 @@ TEST_CASE("observability::counters counts each kind of event and each close reas
                    close_reason::reset_failed, close_reason::fork, close_reason::surplus, close_reason::recycled})
         CHECK(c.closed(r) == 0);
     CHECK(c.closed(close_reason::none) == 0);
+    // Every connection closed is one close event.
+    CHECK(c.count(event::validation_failed) + c.count(event::retired) + c.count(event::trimmed) ==
+          static_cast<std::uint64_t>(s->closes));
 }
 
 TEST_CASE("observability::counters sums waits, holds and connect times to the nanosecond (manual clock)",
@@ -468,7 +515,7 @@ TEST_CASE("observability::histograms: totals and percentiles match what the pool
     CHECK(h.wait().percentile(0.99) <= std::chrono::nanoseconds{128});
 }
 
-TEST_CASE("observability::combine feeds every member; one that wants no lease events gets none",
+TEST_CASE("observability::combine feeds every member, and one that wants no lease events gets none",
           "[observability]") {
     event_recorder rare;
     using obs = combine<observability::counters, observability::histograms, sink<event_recorder>>;
@@ -568,7 +615,7 @@ TEST_CASE("leak_detection: when every connection leaked, the acquire that fails 
     CHECK(r.count(event::leak_suspected) == 1);
 }
 
-TEST_CASE("leak_detection: a lease back within the threshold is never reported; each call site is recorded",
+TEST_CASE("leak_detection: a lease back within the threshold is never reported, and each call site is recorded",
           "[observability][leak]") {
     lease_recorder r;
     auto s = std::make_shared<fake_server>();
@@ -598,7 +645,8 @@ TEST_CASE("leak_detection: a lease back within the threshold is never reported; 
     CHECK(seen == lines);
 }
 
-TEST_CASE("leak_detection: a threshold of zero is refused", "[observability][leak]") {
+TEST_CASE("leak_detection: a threshold of zero is refused; the default is 60 s", "[observability][leak]") {
+    CHECK(observability::leak_detection{}.threshold == 60s);
     auto s = std::make_shared<fake_server>();
     CHECK_THROWS_WITH((null_pool<overflow::fixed, observability::leak_detection>{
                           fake_connector<>{s}, observability::leak_detection{.threshold = 0ms}}),
@@ -653,7 +701,7 @@ TEST_CASE("logfmt_writer: one line per event, values quoted and escaped", "[obse
           "time=2023-11-14T22:13:20.123Z level=info event=retired conn=3 uses=40 reason=lifetime age_ms=1500.000");
 }
 
-TEST_CASE("logfmt_writer in a pool: a line per rare event; lines from threads never interleave",
+TEST_CASE("logfmt_writer in a pool: a line per rare event, and lines from threads never interleave",
           "[observability][logfmt]") {
     std::ostringstream out;
     auto s = std::make_shared<fake_server>();
@@ -731,4 +779,20 @@ TEST_CASE("prometheus exposition: stats, counters and histograms under OpenTelem
         last = v;
     }
     CHECK(last == 2);
+}
+
+TEST_CASE("docs/observability.md's first snippet compiles and runs without a server", "[observability]") {
+    std::ostringstream out;
+    namespace obs = pqpool::observability;
+    using metrics = obs::combine<obs::counters, obs::histograms, obs::leak_detection, obs::tls,
+                                 obs::sink<obs::logfmt_writer>>;
+    pqpool::pool<metrics> pool{"host=db sslmode=require",
+                               metrics{obs::counters{}, obs::histograms{}, obs::leak_detection{.threshold = 30s},
+                                       obs::tls{}, obs::sink<obs::logfmt_writer>{obs::logfmt_writer{out, "main"}}}};
+    auto p99 = pool.observer().get<obs::histograms>().wait().percentile(0.99); // acquire wait
+    pqpool::write_prometheus(out, pool, "main");
+    CHECK(p99 == std::chrono::nanoseconds{0});
+    CHECK(pool.observer().leak_threshold() == 30s);
+    CHECK(out.str().find("db_client_connection_max{db_client_connection_pool_name=\"main\"} 15\n") !=
+          std::string::npos);
 }
