@@ -645,7 +645,7 @@ TEST_CASE("leak_detection: a lease back within the threshold is never reported, 
     CHECK(seen == lines);
 }
 
-TEST_CASE("leak_detection: a threshold of zero is refused; the default is 60 s", "[observability][leak]") {
+TEST_CASE("leak_detection: a threshold of zero is refused, and the default is 60 s", "[observability][leak]") {
     CHECK(observability::leak_detection{}.threshold == 60s);
     auto s = std::make_shared<fake_server>();
     CHECK_THROWS_WITH((null_pool<overflow::fixed, observability::leak_detection>{
