@@ -103,7 +103,8 @@ public:
     using clock = typename Connector::clock;
     using lease = pqpool::lease<core_type>;
     /// The caller's location that `acquire`, `acquire_for`, `try_acquire`
-    /// and `run` take as a defaulted last argument: `std::source_location`
+    /// and `run` take as a defaulted last argument: `pqpool::source_location`
+    /// (`std::source_location` where the standard library has it)
     /// when the observability policy tracks leaks (it is recorded with the
     /// lease and named in leak reports), otherwise an empty type that costs
     /// nothing. Leave the argument out.

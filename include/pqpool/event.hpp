@@ -8,10 +8,49 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
-#include <source_location>
 #include <string_view>
 
+#if __has_include(<source_location>)
+#include <source_location>
+#endif
+
 namespace pqpool {
+
+#if defined(__cpp_lib_source_location)
+/// Where a call was made (`file_name()`, `line()`, `column()`, `function_name()`).
+using source_location = std::source_location;
+#else
+/// Where a call was made: the members of `std::source_location`, for a
+/// standard library that lacks it (libstdc++ 12 with clang 14, which has no
+/// `__builtin_source_location`), from the builtins both compilers have.
+class source_location {
+public:
+    /// The location of the call that evaluates it (in a default argument:
+    /// the caller's).
+    static constexpr source_location current(const char* file = __builtin_FILE(),
+                                             const char* function = __builtin_FUNCTION(),
+                                             std::uint_least32_t line = __builtin_LINE(),
+                                             std::uint_least32_t column = __builtin_COLUMN()) noexcept {
+        source_location l;
+        l.file_ = file;
+        l.function_ = function;
+        l.line_ = line;
+        l.column_ = column;
+        return l;
+    }
+    constexpr source_location() noexcept = default;
+    constexpr const char* file_name() const noexcept { return file_; }
+    constexpr const char* function_name() const noexcept { return function_; }
+    constexpr std::uint_least32_t line() const noexcept { return line_; }
+    constexpr std::uint_least32_t column() const noexcept { return column_; }
+
+private:
+    const char* file_ = "";
+    const char* function_ = "";
+    std::uint_least32_t line_ = 0;
+    std::uint_least32_t column_ = 0;
+};
+#endif
 
 /// Something that happened in a pool.
 enum class event : unsigned char {
@@ -114,7 +153,7 @@ struct event_info {
     std::string_view sqlstate; ///< Five characters, or empty when the server sent none.
     bool transient = false;    ///< `connect_failed`: a retry may succeed.
     /// Where the lease was acquired (`acquire()`'s caller), when the pool tracks leaks.
-    const std::source_location* where = nullptr;
+    const source_location* where = nullptr;
 };
 
 } // namespace pqpool

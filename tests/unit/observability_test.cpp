@@ -139,7 +139,7 @@ TEST_CASE("observability::none: no event is built, no field is added, acquire ta
     STATIC_REQUIRE(sizeof(c::lease::info_type) >
                    sizeof(connection_info<fake_connection*, std::chrono::steady_clock::time_point>));
     using l = null_pool<overflow::fixed, observability::leak_detection>;
-    STATIC_REQUIRE(std::is_same_v<l::source_location_type, std::source_location>);
+    STATIC_REQUIRE(std::is_same_v<l::source_location_type, pqpool::source_location>);
 }
 
 TEST_CASE("a sink gets the rare events only unless it asks for lease events", "[observability][sink]") {

@@ -39,7 +39,6 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <source_location>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -75,7 +74,7 @@ struct lease_stamp { // when the current lease began
 };
 template <class Record>
 struct lease_link { // a lease out, in the pool's list of them (leak detection)
-    std::source_location where{};
+    pqpool::source_location where{};
     Record* out_prev = nullptr;
     Record* out_next = nullptr;
     bool reported = false;
@@ -117,7 +116,7 @@ public:
     static constexpr bool times_connects = observer_traits::times_connects;
     static constexpr bool tracks_leaks = observer_traits::tracks_leaks;
     static constexpr bool watches_leases = lease_events || tracks_leaks;
-    using location_type = std::conditional_t<tracks_leaks, std::source_location, no_location>;
+    using location_type = std::conditional_t<tracks_leaks, pqpool::source_location, no_location>;
     using event_type = pqpool::event_info<handle>;
 
     using info = pool_record<connection_info<handle, time_point>, time_point, !obs_silent,
@@ -658,7 +657,7 @@ private:
         if constexpr (tracks_leaks) {
             struct overdue {
                 std::uint64_t id, uses;
-                std::source_location where;
+                pqpool::source_location where;
                 std::chrono::nanoseconds out;
             };
             const auto threshold = observer_.leak_threshold();

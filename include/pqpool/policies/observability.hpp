@@ -57,7 +57,7 @@ struct observability_tag {};
 /// - `times_connects`: connects carry `connect_time`, and events about a
 ///   connection its `age` (a clock read per connect and per such event);
 /// - `tracks_leaks`, with `std::chrono::milliseconds leak_threshold() const`:
-///   the pool records where each lease was acquired (`std::source_location`)
+///   the pool records where each lease was acquired (`source_location`)
 ///   and reports leases out longer than the threshold (`leak_suspected`,
 ///   then `leak_returned`);
 /// - `silent`: the policy ignores every event, so the pool does not even
@@ -250,7 +250,7 @@ private:
 };
 
 /// Reports leases held longer than `threshold`: the pool records where each
-/// lease was acquired (the `std::source_location` of the call to `acquire`,
+/// lease was acquired (the `source_location` of the call to `acquire`,
 /// `acquire_for`, `try_acquire` or `run`), and a lease out longer than the
 /// threshold is reported once as `leak_suspected` (with that location, the
 /// connection and how long it has been out), then as `leak_returned` when it
