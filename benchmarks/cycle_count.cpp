@@ -4,7 +4,14 @@
 // cancels start-up and tear-down. Deterministic evidence for "zero runtime
 // indirection": instructions per cycle of pqpool against the hand-written pool.
 //
-//   pqpool_bench_cycle_count ARM N      ARM: handwritten | null | null+single_thread | production
+//   pqpool_bench_cycle_count ARM N      ARM: handwritten | null | null+single_thread | production |
+//                                        null+obs=counters | null+obs=histograms | null+obs=leak_detection |
+//                                        null+obs=sink | null+obs=all
+//
+// The null+obs arms give each observability policy's cost per cycle (minus the
+// null arm's). obs=sink is a sink that asks for no lease events (as
+// observability::tls, or a log of the rare events): it must cost what null
+// costs. obs=all combines counters, histograms and leak detection.
 
 #include "baseline_pool.hpp"
 #include "bench_connector.hpp"
@@ -30,6 +37,21 @@ using null_single_pool = bench_pool<validation::none, recycling::none, overflow:
                                     fork_safety::none, concurrency::single_thread>;
 using production_pool = bench_pool<overflow::fixed>; // pool<>'s defaults, fixed size 1
 
+// A sink that wants the rare events only (no lease events): nothing on the plain path.
+struct rare_events {
+    template <class Event>
+    void operator()(const Event& e) const noexcept {
+        keep_event(e);
+    }
+    template <class Event>
+    static void keep_event(const Event& e) {
+        asm volatile("" : : "r,m"(e.kind) : "memory");
+    }
+};
+template <class Observability>
+using null_obs_pool =
+    bench_pool<validation::none, recycling::none, overflow::fixed, retry::none, fork_safety::none, Observability>;
+
 // Keeps the compiler from dropping or merging the cycles.
 template <class T>
 inline void keep(T const& v) {
@@ -46,8 +68,9 @@ void handwritten(unsigned long n) {
     for (auto* h : pool.handles()) delete h;
 }
 
+// Out of line, so that each arm is one function (and its code can be compared).
 template <class Pool>
-void pqpool_cycle(unsigned long n) {
+[[gnu::noinline]] void pqpool_cycle(unsigned long n) {
     Pool pool{bench::null_connector{}, overflow::fixed{.size = 1, .wait = 30s}};
     { auto warm = pool.acquire(); } // open the connection before counting
     for (unsigned long i = 0; i < n; ++i) {
@@ -61,10 +84,11 @@ void pqpool_cycle(unsigned long n) {
 int main(int argc, char** argv) {
     unsigned long n = 0;
     if (argc != 3 || std::from_chars(argv[2], argv[2] + std::strlen(argv[2]), n).ec != std::errc{}) {
-        std::fprintf(stderr, "usage: %s handwritten|null|null+single_thread|production N\n", argv[0]);
+        std::fprintf(stderr, "usage: %s ARM N (see the source for the arms)\n", argv[0]);
         return 2;
     }
     std::string_view arm = argv[1];
+    namespace obs = observability;
     if (arm == "handwritten")
         handwritten(n);
     else if (arm == "null")
@@ -73,6 +97,16 @@ int main(int argc, char** argv) {
         pqpool_cycle<null_single_pool>(n);
     else if (arm == "production")
         pqpool_cycle<production_pool>(n);
+    else if (arm == "null+obs=counters")
+        pqpool_cycle<null_obs_pool<obs::counters>>(n);
+    else if (arm == "null+obs=histograms")
+        pqpool_cycle<null_obs_pool<obs::histograms>>(n);
+    else if (arm == "null+obs=leak_detection")
+        pqpool_cycle<null_obs_pool<obs::leak_detection>>(n);
+    else if (arm == "null+obs=sink")
+        pqpool_cycle<null_obs_pool<obs::sink<rare_events>>>(n);
+    else if (arm == "null+obs=all")
+        pqpool_cycle<null_obs_pool<obs::combine<obs::counters, obs::histograms, obs::leak_detection>>>(n);
     else {
         std::fprintf(stderr, "%s: unknown arm '%s'\n", argv[0], argv[1]);
         return 2;

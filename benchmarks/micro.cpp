@@ -4,6 +4,7 @@
 //
 // Names:
 //   cycle/ARM                 pool size = threads (uncontended), nothing done while holding
+//                             (ARM pqpool/null+obs=P: the null pool with observability policy P)
 //   cycle/ARM/work:1us        the same, spinning 1 µs while holding the connection
 //   contended/ARM/work:Wns    threads = 2 × pool size, spinning W ns while holding; counters:
 //                             acquire latency p50/p99 (ns) over every acquire of every thread,
@@ -53,6 +54,19 @@ using null_mutex_pool =
 // The production combination (pool<>'s defaults) with a free connector: ping_if_idle's
 // probe and clock read, lifetime with jitter and reset on return, backoff, fork detection.
 using production_pool = bench_pool<overflow::fixed>;
+
+// The null pool with one observability policy, for its cost per cycle. The sink asks
+// for no lease events (as a log of the rare events, or observability::tls): it must
+// cost what the null pool costs.
+struct rare_events {
+    template <class Event>
+    void operator()(const Event& e) const noexcept {
+        benchmark::DoNotOptimize(e.kind);
+    }
+};
+template <class Observability>
+using null_obs_pool =
+    bench_pool<validation::none, recycling::none, overflow::fixed, retry::none, fork_safety::none, Observability>;
 
 // A short name per built-in policy, for benchmark names (the library has none);
 // named here even when not (yet) in the matrix.
@@ -216,6 +230,10 @@ int main(int argc, char** argv) {
     add<handwritten_tag>("handwritten", true);
     add<null_mutex_pool>("pqpool/null", true);
     add<production_pool>("pqpool/production", true);
+    add<null_obs_pool<observability::sink<rare_events>>>("pqpool/null+obs=sink", false);
+    add<null_obs_pool<observability::counters>>("pqpool/null+obs=counters", false);
+    add<null_obs_pool<observability::histograms>>("pqpool/null+obs=histograms", false);
+    add<null_obs_pool<observability::leak_detection>>("pqpool/null+obs=leak_detection", false);
     hana::for_each(matrix, [](auto combo) {
         using pool_type = typename decltype(hana::unpack(combo, [](auto... p) {
             return hana::type_c<bench_pool<typename decltype(p)::type..., overflow::fixed, retry::none>>;

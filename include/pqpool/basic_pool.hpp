@@ -37,6 +37,9 @@ T policy_argument(const Ps&... ps) {
     constexpr std::size_t n = (std::size_t{std::is_same_v<T, Ps>} + ... + 0);
     static_assert(n <= 1, "pqpool::pool: the same policy object is passed twice to the constructor");
     if constexpr (n == 0) {
+        static_assert(std::is_default_constructible_v<T>,
+                      "pqpool::pool: this policy has no default (e.g. a sink of a lambda that captures): pass the "
+                      "policy object to the constructor");
         return T{};
     } else {
         const T* found = nullptr;
@@ -99,6 +102,13 @@ public:
     using handle = typename Connector::handle;
     using clock = typename Connector::clock;
     using lease = pqpool::lease<core_type>;
+    /// The caller's location that `acquire`, `acquire_for`, `try_acquire`
+    /// and `run` take as a defaulted last argument: `pqpool::source_location`
+    /// (`std::source_location` where the standard library has it)
+    /// when the observability policy tracks leaks (it is recorded with the
+    /// lease and named in leak reports), otherwise an empty type that costs
+    /// nothing. Leave the argument out.
+    using source_location_type = typename core_type::location_type;
 
     /// Takes the connector (or what constructs it, e.g. a conninfo string)
     /// and then policy objects, in any order; a policy not passed is
@@ -146,19 +156,19 @@ public:
     /// connection in use could come back), `closed_error` (closed, destroyed
     /// meanwhile, or moved from).
     /// Complexity: with null policies, one lock and a vector pop.
-    lease acquire() {
+    lease acquire(source_location_type where = source_location_type::current()) {
         if (!core_) [[unlikely]]
             throw_moved_from();
-        return core_->acquire(core_->overflow().timeout());
+        return core_->acquire_at(core_->overflow().timeout(), where);
     }
 
     /// As `acquire()`, waiting at most `timeout` (zero: never wait for
     /// another caller; `milliseconds::max()`: forever). Throws `config_error`
     /// for a negative `timeout`.
-    lease acquire_for(std::chrono::milliseconds timeout) {
+    lease acquire_for(std::chrono::milliseconds timeout, source_location_type where = source_location_type::current()) {
         if (!core_ || timeout.count() < 0) [[unlikely]]
             bad_acquire_for(timeout);
-        return core_->acquire(timeout);
+        return core_->acquire_at(timeout, where);
     }
 
     /// Borrows a connection without waiting for another caller to return one:
@@ -166,9 +176,9 @@ public:
     /// gives no value. Opening is still I/O, bounded by the connector's
     /// connect timeout and the retry policy's budget (not by a wait). Throws
     /// `connect_error` or `closed_error`.
-    std::optional<lease> try_acquire() {
+    std::optional<lease> try_acquire(source_location_type where = source_location_type::current()) {
         if (!core_) throw_moved_from();
-        return core_->try_acquire();
+        return core_->try_acquire_at(where);
     }
 
     /// Runs `work(handle)` on a connection from the pool and returns what it
@@ -189,9 +199,9 @@ public:
     /// `acquire()` throws, and what `work` throws.
     template <class F>
         requires std::invocable<F&, handle>
-    std::invoke_result_t<F&, handle> run(F&& work) {
+    std::invoke_result_t<F&, handle> run(F&& work, source_location_type where = source_location_type::current()) {
         if (!core_) throw_moved_from();
-        return core_->run(work);
+        return core_->run(work, where);
     }
 
     /// Closes the idle connections, wakes waiters with `closed_error`, and
@@ -209,7 +219,9 @@ public:
     /// from a timer. Bounded: at most one connect attempt per missing
     /// connection and per unfinished connect, each bounded by the connector's
     /// connect timeout; it never sleeps a retry backoff (a connect that must
-    /// back off is left for the next call). Throws what opening throws.
+    /// back off is left for the next call). With leak detection, it first
+    /// reports every lease out longer than the threshold (see
+    /// `observability::leak_detection`). Throws what opening throws.
     maintenance_report maintain() {
         if (!core_) throw_moved_from();
         return core_->maintain();
@@ -238,10 +250,16 @@ public:
         return core_->overflow();
     }
 
-    /// The observability policy object (e.g. `observability::counters`).
+    /// The observability policy object (e.g. `observability::counters`); what
+    /// it recorded may be read at any time, from any thread.
     const Observability& observer() const {
         if (!core_) throw_moved_from();
         return core_->observer();
+    }
+    /// The recycling policy object (its limits and idle floor).
+    const Recycling& recycling() const {
+        if (!core_) throw_moved_from();
+        return core_->recycling();
     }
     /// The connector.
     const Connector& connector() const {
@@ -280,6 +298,7 @@ private:
         detail::check_policy(o);
         detail::check_policy(rt);
         detail::check_policy(f);
+        detail::check_policy(ob);
         // Connections that maintain() opens up to the floor must be allowed
         // to stay idle, or each would be closed as soon as it came back.
         if (r.idle_floor() > o.keep_idle())

@@ -21,6 +21,7 @@ struct connection_info {
     std::uint64_t uses = 0;   ///< How many leases have held it, this one included.
     std::uint64_t generation = 0; ///< The fork generation it was opened in.
     std::uint64_t epoch = 0;      ///< The pool's invalidation epoch when it was opened.
+    std::uint64_t id = 0;         ///< The pool's number for it: 1, 2, … in the order opened (as in events).
 };
 
 } // namespace pqpool

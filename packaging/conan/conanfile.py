@@ -63,9 +63,10 @@ class PqpoolConan(ConanFile):
         basic_layout(self)
 
     def requirements(self):
-        # pqpool's public headers include libpq-fe.h and Boost.Hana's headers.
+        # pqpool's public headers include libpq-fe.h, Boost.Hana's headers and (for TLS facts) OpenSSL's.
         self.requires("libpq/15.5", transitive_headers=True)
         self.requires("boost/1.83.0", transitive_headers=True)
+        self.requires("openssl/3.3.2", transitive_headers=True)
 
     def package_id(self):
         self.info.clear()
@@ -94,6 +95,6 @@ class PqpoolConan(ConanFile):
         self.cpp_info.set_property("cmake_file_name", "pqpool")
         self.cpp_info.set_property("cmake_target_name", "pqpool::pqpool")
         self.cpp_info.set_property("pkg_config_name", "pqpool")
-        self.cpp_info.requires = ["libpq::libpq", "boost::headers"]
+        self.cpp_info.requires = ["libpq::libpq", "boost::headers", "openssl::ssl", "openssl::crypto"]
         if self.settings.os in ["Linux", "FreeBSD"]:
             self.cpp_info.system_libs = ["pthread"]

@@ -21,6 +21,7 @@
 
 #include "connector_support.hpp"
 #include "fault_proxy.hpp"
+#include "password_role.hpp"
 
 #include <pqpool/pqpool.hpp>
 
@@ -42,6 +43,7 @@ using test::connector::exec_ok;
 using test::connector::local_socket;
 using test::connector::percent_encode;
 using test::connector::sbx;
+using test::check_no_password;
 
 namespace {
 
@@ -72,21 +74,6 @@ std::string role_uri(const std::string& password_as_written, const std::string& 
 }
 std::string role_uri(const std::string& password_as_written) {
     return role_uri(password_as_written, sbx().var("PQPOOL_TEST_PORT"), sbx().var("PQPOOL_TEST_DBNAME"));
-}
-
-// No 3-character piece of `password` in `text`; `conninfo` (which holds the
-// password) must share none with it otherwise, or the check would prove nothing.
-void check_no_password(const std::string& text, const std::string& password, const std::string& conninfo) {
-    std::string rest = conninfo;
-    for (std::size_t at = rest.find(password); at != std::string::npos; at = rest.find(password))
-        rest.erase(at, password.size());
-    CAPTURE(text, password);
-    for (std::size_t i = 0; i + 3 <= password.size(); ++i) {
-        const std::string piece = password.substr(i, 3);
-        CAPTURE(piece);
-        REQUIRE(rest.find(piece) == std::string::npos);
-        CHECK(text.find(piece) == std::string::npos);
-    }
 }
 
 bool has(const std::string& text, const std::string& phrase) { return text.find(phrase) != std::string::npos; }
@@ -170,23 +157,6 @@ thrown<timeout_error> transient_past_the_wait(const std::string& conninfo) {
     check_no_password(t.what(), secret, conninfo);
     return t;
 }
-
-std::string sql_literal(const std::string& v) { return "'" + v + "'"; } // the passwords here hold no quote
-
-// For one test: the password role takes `secret` as its password, and a
-// connection limit when given; the sandbox's password and no limit come back
-// at scope exit (other tests use the role).
-struct role_for_test {
-    test::admin admin;
-    explicit role_for_test(int connection_limit = -1) { REQUIRE(set(secret, connection_limit)); }
-    ~role_for_test() { CHECK(set(sbx().password(), -1)); } // CHECK: never throws during unwinding
-    role_for_test(const role_for_test&) = delete;
-    role_for_test& operator=(const role_for_test&) = delete;
-    bool set(const std::string& password, int limit) {
-        return exec_ok(admin.c, "ALTER ROLE " + sbx().var("PQPOOL_TEST_PASSWORD_USER") + " PASSWORD " +
-                                    sql_literal(password) + " CONNECTION LIMIT " + std::to_string(limit));
-    }
-};
 
 // A root certificate of a CA that signed nothing the sandbox uses, made with
 // openssl in a temporary directory (removed at scope exit).
@@ -304,7 +274,7 @@ TEST_CASE("bad input: wrong password (28P01), permanent", "[integration][bad_inp
 }
 
 TEST_CASE("bad input: unknown database (3D000), permanent", "[integration][bad_input]") {
-    role_for_test role; // the right password: the server checks it before the database
+    test::role_for_test role{secret}; // the right password: the server checks it before the database
     const auto t = permanent(role_conninfo(secret) + " dbname=pqpool_no_such_db");
     CHECK(t.error.sqlstate() == "3D000");
     CHECK(has(t.what(), "database \"pqpool_no_such_db\" does not exist"));
@@ -331,7 +301,7 @@ TEST_CASE("bad input: server full (53300), retried for the budget", "[integratio
     // A role at its CONNECTION LIMIT answers 53300 as a server at
     // max_connections does ("too many connections for role" instead of
     // "sorry, too many clients already"), after authentication.
-    role_for_test role{1};
+    test::role_for_test role{secret, 1};
     const std::string conninfo = role_conninfo(secret);
     const std::unique_ptr<PGconn, decltype(&PQfinish)> hog{PQconnectdb(conninfo.c_str()), &PQfinish};
     REQUIRE(PQstatus(hog.get()) == CONNECTION_OK);

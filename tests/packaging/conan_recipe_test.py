@@ -287,7 +287,7 @@ class Recipe(unittest.TestCase):
             self.assertNotIn("options", traits, f"{ref}: options forced on a dependency")
             self.assertTrue(traits.get("transitive_headers"), f"{ref}: pqpool's headers include its headers")
             names.add(ref.split("/")[0])
-        self.assertEqual(names, {"libpq", "boost"})
+        self.assertEqual(names, {"libpq", "boost", "openssl"})
         self.assertFalse(hasattr(self.recipe, "default_options"), "a header-only recipe has no options to set")
         self.assertFalse(hasattr(self.recipe, "configure"), "configure() would be the place options are forced")
 

@@ -101,6 +101,7 @@ class Manifests(unittest.TestCase):
         self.assertEqual(boost, {f"boost-{lib}" for lib in boost_libraries_included()},
                          f"{where}: a boost-<library> port for each Boost library the headers include")
         self.assertIn("libpq", names)
+        self.assertIn("openssl", names, f"{where}: the headers include OpenSSL's (TLS facts)")
         return names
 
     def test_port_manifest(self):
@@ -108,7 +109,7 @@ class Manifests(unittest.TestCase):
         names = self.check_common(manifest, "port")
         hosts = {d["name"] for d in manifest["dependencies"] if isinstance(d, dict) and d.get("host")}
         self.assertEqual(hosts, {"vcpkg-cmake", "vcpkg-cmake-config"})
-        self.assertEqual(set(names) - hosts, {"libpq"} | {n for n in names if n.startswith("boost-")},
+        self.assertEqual(set(names) - hosts, {"libpq", "openssl"} | {n for n in names if n.startswith("boost-")},
                          "the port needs only what pqpool's headers include (no test frameworks)")
 
     def test_root_manifest_builds_the_tests(self):

@@ -2,6 +2,7 @@
 // inherited. (The real-server proof, TLS included, is in the integration tests.)
 
 #include "catch.hpp"
+#include "child.hpp"
 #include "test_pool.hpp"
 
 #include <sys/wait.h>
@@ -11,28 +12,6 @@
 
 using namespace pqpool;
 using namespace pqpool::test;
-
-namespace {
-// Runs `child` in a forked process; returns its exit code (its checks' verdict).
-template <class F>
-int in_child(F child) {
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        int code = 1;
-        try {
-            code = child();
-        } catch (...) {
-            code = 99;
-        }
-        ::_exit(code);
-    }
-    int status = 0;
-    REQUIRE(::waitpid(pid, &status, 0) == pid);
-    REQUIRE(WIFEXITED(status));
-    return WEXITSTATUS(status);
-}
-} // namespace
 
 TEMPLATE_TEST_CASE("a child abandons inherited connections and starts afresh", "[fork_safety]", fork_safety::detect,
                    fork_safety::check_pid) {
@@ -89,8 +68,9 @@ namespace {
 struct lock_holder {
     using category = observability_tag;
     static inline std::atomic<bool> armed{false}, inside{false}, release{false};
-    void on_event(event e) noexcept {
-        if (e != event::timeout || !armed.exchange(false)) return;
+    template <class Handle>
+    void on_event(const event_info<Handle>& e) noexcept {
+        if (e.kind != event::timeout || !armed.exchange(false)) return;
         inside = true;
         while (!release) std::this_thread::yield();
     }

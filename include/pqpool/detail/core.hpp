@@ -29,6 +29,7 @@
 #include <pqpool/stats.hpp>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -59,6 +60,37 @@ void sleep_for(Duration d) {
         std::this_thread::sleep_for(d);
 }
 
+// What the pool keeps with a connection beyond connection_info, only for an
+// observability policy that needs it; otherwise distinct empty bases that take
+// no space, so a pool with observability::none has the records it had.
+template <int>
+struct no_fields {};
+struct broken_mark { // why a returned connection was closed: its lease was marked broken
+    bool marked_broken = false;
+};
+template <class TimePoint>
+struct lease_stamp { // when the current lease began
+    TimePoint out_since{};
+};
+template <class Record>
+struct lease_link { // a lease out, in the pool's list of them (leak detection)
+    pqpool::source_location where{};
+    Record* out_prev = nullptr;
+    Record* out_next = nullptr;
+    bool reported = false;
+};
+template <class Base, class TimePoint, bool Mark, bool Stamp, bool Link>
+struct pool_record : Base,
+                     std::conditional_t<Mark, broken_mark, no_fields<0>>,
+                     std::conditional_t<Stamp, lease_stamp<TimePoint>, no_fields<1>>,
+                     std::conditional_t<Link, lease_link<pool_record<Base, TimePoint, Mark, Stamp, Link>>, no_fields<2>> {};
+
+// The caller's location when leak detection is off: an empty type whose
+// current() is free, so the defaulted argument of acquire() costs nothing.
+struct no_location {
+    static constexpr no_location current() noexcept { return {}; }
+};
+
 inline std::string describe(const pool_stats& s) {
     return "size " + std::to_string(s.size) + " (" + std::to_string(s.in_use) + " in use, " +
            std::to_string(s.idle) + " idle, " + std::to_string(s.opening) + " opening), " +
@@ -72,10 +104,23 @@ public:
     using clock = typename Connector::clock;
     using time_point = typename clock::time_point;
     using handle = typename Connector::handle;
-    using info = connection_info<handle, time_point>;
     using lease_type = pqpool::lease<pool_core>;
     using deadline_type = pqpool::deadline<clock>;
     static constexpr bool fork_detects = ForkSafety::detects;
+
+    // What the observability policy asks for (see observability_policy).
+    using observer_traits = detail::observer_traits<Observability>;
+    static constexpr bool obs_silent = observer_traits::silent;
+    static constexpr bool lease_events = observer_traits::lease_events;
+    static constexpr bool times_leases = observer_traits::times_leases;
+    static constexpr bool times_connects = observer_traits::times_connects;
+    static constexpr bool tracks_leaks = observer_traits::tracks_leaks;
+    static constexpr bool watches_leases = lease_events || tracks_leaks;
+    using location_type = std::conditional_t<tracks_leaks, pqpool::source_location, no_location>;
+    using event_type = pqpool::event_info<handle>;
+
+    using info = pool_record<connection_info<handle, time_point>, time_point, !obs_silent,
+                             times_leases || tracks_leaks, tracks_leaks>;
 
     pool_core(Connector c, Validation v, Recycling r, Overflow o, Retry rt, ForkSafety f, Observability ob)
         : connector_(std::move(c)),
@@ -98,8 +143,36 @@ public:
     void invalidate() noexcept { epoch_.fetch_add(1, std::memory_order_relaxed); }
 
     const Overflow& overflow() const noexcept { return overflow_; }
+    const Recycling& recycling() const noexcept { return recycling_; }
     const Observability& observer() const noexcept { return observer_; }
     const Connector& connector() const noexcept { return connector_; }
+
+    // acquire(), and what the observability policy wants to know of the lease:
+    // its wait, its start, where it was acquired. For a policy that watches no
+    // lease this is acquire() itself.
+    lease_type acquire_at(std::chrono::milliseconds timeout, [[maybe_unused]] const location_type& where) {
+        if constexpr (!watches_leases) {
+            return acquire(timeout);
+        } else {
+            const time_point start = lease_clock();
+            if constexpr (tracks_leaks) look_for_leaks(start);
+            lease_type l = acquire(timeout);
+            lease_out(*l.info_, start, where);
+            return l;
+        }
+    }
+
+    std::optional<lease_type> try_acquire_at([[maybe_unused]] const location_type& where) {
+        if constexpr (!watches_leases) {
+            return try_acquire();
+        } else {
+            const time_point start = lease_clock();
+            if constexpr (tracks_leaks) look_for_leaks(start);
+            std::optional<lease_type> l = try_acquire();
+            if (l) lease_out(*l->info_, start, where);
+            return l;
+        }
+    }
 
     lease_type acquire(std::chrono::milliseconds timeout) {
         check_fork();
@@ -191,14 +264,14 @@ public:
     // that fails is the caller's answer, as from acquire(): a server that is
     // down gets one budget of connects per pool, not one per run().
     template <class F>
-    std::invoke_result_t<F&, handle> run(F& work) {
+    std::invoke_result_t<F&, handle> run(F& work, const location_type& where) {
         using result = std::invoke_result_t<F&, handle>;
         check_fork();
         pin_guard pin(*this, pin_guard::take); // the lease may be the last count; this call goes on after it
         for (unsigned failures = 0;;) {
             std::optional<lease_type> got;
             try {
-                got.emplace(acquire(overflow_.timeout()));
+                got.emplace(acquire_at(overflow_.timeout(), where));
             } catch (const timeout_error& e) {
                 // Only when connects were failing: a pool that is merely busy
                 // is not helped by waiting again.
@@ -244,7 +317,7 @@ public:
     bool backoff_before_retry(unsigned failures) {
         const auto delay = retry_.next_delay(failures);
         if (!delay) return false;
-        observer_.on_event(event::retry);
+        notify(event::retry, [&](event_type& e) { e.backoff = *delay; });
         sleep_for<clock>(*delay);
         return true;
     }
@@ -259,6 +332,13 @@ public:
                 return;
             }
         }
+        if constexpr (!obs_silent) {
+            // Set once, just before the connection is closed (a broken one never
+            // comes back): nothing to clear on the plain path.
+            if (broken) [[unlikely]]
+                c->marked_broken = true;
+        }
+        if constexpr (watches_leases) lease_back(*c);
         const time_point now = timed ? coarse_now<clock>() : time_point{};
         const bool keep = !broken && current_epoch(*c) && recycling_.keep_on_release(connector_, *c, now);
         if constexpr (timed) c->last_used = now;
@@ -298,7 +378,7 @@ public:
                         idle_.erase(idle_.begin());
                         ++in_use_; // counted until closed
                         mutex_.unlock();
-                        observer_.on_event(event::retired);
+                        notify_closed(event::retired, *oldest, retire_reason(*oldest, now));
                         close_held(oldest);
                         return;
                     }
@@ -307,8 +387,16 @@ public:
                 return;
             }
         }
+        [[maybe_unused]] const bool pool_closed = closed_;
         mutex_.unlock();
-        observer_.on_event(keep ? event::trimmed : event::retired);
+        if constexpr (!obs_silent) {
+            if (pool_closed)
+                notify_closed(event::retired, *c, close_reason::pool_closed);
+            else if (keep)
+                notify_closed(event::trimmed, *c, close_reason::surplus);
+            else
+                notify_closed(event::retired, *c, returned_reason(*c, now));
+        }
         close_held(c);
     }
 
@@ -319,12 +407,13 @@ public:
     maintenance_report maintain() {
         check_fork();
         pin_guard pin(*this, pin_guard::take);
+        if constexpr (tracks_leaks) report_leaks(lease_clock());
         maintenance_report report;
         {
             std::vector<info*> stale;
+            const time_point now = coarse_now<clock>();
             {
                 std::lock_guard lock(mutex_);
-                const time_point now = coarse_now<clock>();
                 stale.reserve(idle_.size()); // may throw, before anything changed; nothing below can
                 for (std::size_t i = 0; i < idle_.size();) {
                     if (current_epoch(*idle_[i]) && recycling_.keep_idle(*idle_[i], now, idle_.size())) {
@@ -337,7 +426,7 @@ public:
                 }
             }
             for (info* c : stale) {
-                observer_.on_event(event::retired);
+                notify_closed(event::retired, *c, retire_reason(*c, now));
                 close_counted(c);
             }
             report.closed = stale.size();
@@ -417,6 +506,7 @@ private:
             while (waiter* w = head_) serve(w, waiter::closed);
         }
         for (info* c : idle) {
+            notify_closed(event::retired, *c, close_reason::pool_closed);
             connector_.close(c->handle);
             delete c;
         }
@@ -428,6 +518,185 @@ private:
     }
 
     static constexpr bool timed = Validation::uses_clock || Recycling::uses_clock;
+
+    // --- Observability. Every helper is empty for a silent policy (none):
+    // no event is built, no clock read, no field written.
+
+    template <class Fill>
+    void notify(event kind, Fill&& fill) noexcept {
+        if constexpr (!obs_silent) {
+            event_type e;
+            e.kind = kind;
+            fill(e);
+            observer_.on_event(e);
+        } else {
+            (void)kind, (void)fill;
+        }
+    }
+    void notify(event kind) noexcept {
+        notify(kind, [](event_type&) {});
+    }
+
+    // A connection is closed (it is still the caller's alone).
+    void notify_closed(event kind, [[maybe_unused]] const info& c, [[maybe_unused]] close_reason why) noexcept {
+        notify(kind, [&](event_type& e) {
+            e.connection = c.id;
+            e.uses = c.uses;
+            e.reason = why;
+            if constexpr (times_connects) e.age = coarse_now<clock>() - c.born;
+        });
+    }
+
+    static void describe_failure(event_type& e, const connect_error& failure) noexcept {
+        e.error = failure.what();
+        e.sqlstate = failure.sqlstate();
+        e.transient = failure.transient();
+    }
+
+    // Why recycling (or an invalidation) retired an idle connection.
+    close_reason retire_reason(const info& c, [[maybe_unused]] time_point now) const noexcept {
+        if (!current_epoch(c)) return close_reason::epoch;
+        if constexpr (requires { recycling_.reason(c, now); })
+            return recycling_.reason(c, now);
+        else
+            return close_reason::recycled;
+    }
+
+    // Why a returned connection was closed instead of kept.
+    close_reason returned_reason(const info& c, time_point now) const noexcept {
+        if (c.marked_broken) return close_reason::broken;
+        if (!current_epoch(c) || !recycling_.keep_on_acquire(c, now)) return retire_reason(c, now);
+        return close_reason::reset_failed; // kept by the limits, refused by the reset
+    }
+
+    // The clock of lease times: the precise one for wait and hold times, the
+    // coarse one when only leaks are looked for.
+    static time_point lease_clock() noexcept {
+        if constexpr (times_leases)
+            return clock::now();
+        else
+            return coarse_now<clock>();
+    }
+
+    // A lease was handed out (`start`: when its acquire began).
+    void lease_out(info& c, time_point start, [[maybe_unused]] const location_type& where) noexcept {
+        const time_point now = times_leases ? clock::now() : start;
+        if constexpr (times_leases || tracks_leaks) c.out_since = now;
+        if constexpr (tracks_leaks) {
+            c.where = where;
+            c.reported = false;
+            std::lock_guard lock(leaks_.mutex);
+            c.out_prev = nullptr;
+            c.out_next = leaks_.head;
+            if (leaks_.head) leaks_.head->out_prev = &c;
+            leaks_.head = &c;
+        }
+        if constexpr (lease_events) {
+            notify(event::acquired, [&](event_type& e) {
+                e.connection = c.id;
+                e.uses = c.uses;
+                if constexpr (times_leases) {
+                    e.wait = now - start;
+                    e.age = now - c.born;
+                }
+                if constexpr (tracks_leaks) e.where = &c.where;
+            });
+        }
+    }
+
+    // A lease comes back (before the pool takes its connection back).
+    void lease_back(info& c) noexcept {
+        const time_point now = lease_clock();
+        [[maybe_unused]] bool was_reported = false;
+        if constexpr (tracks_leaks) {
+            std::lock_guard lock(leaks_.mutex);
+            (c.out_prev ? c.out_prev->out_next : leaks_.head) = c.out_next;
+            if (c.out_next) c.out_next->out_prev = c.out_prev;
+            c.out_prev = c.out_next = nullptr;
+            was_reported = c.reported;
+        }
+        if constexpr (lease_events) {
+            notify(event::returned, [&](event_type& e) {
+                e.connection = c.id;
+                e.uses = c.uses;
+                if constexpr (times_leases) {
+                    e.hold = now - c.out_since;
+                    e.age = now - c.born;
+                }
+                if constexpr (tracks_leaks) e.where = &c.where;
+            });
+        }
+        if constexpr (tracks_leaks) {
+            if (was_reported) {
+                notify(event::leak_returned, [&](event_type& e) {
+                    e.connection = c.id;
+                    e.uses = c.uses;
+                    e.hold = now - c.out_since;
+                    e.where = &c.where;
+                });
+            }
+            look_for_leaks(now);
+        }
+    }
+
+    // On the pool's own calls: at most once per threshold / 8 (one relaxed
+    // load otherwise), report the leases out longer than the threshold.
+    void look_for_leaks(time_point now) noexcept {
+        const auto t = now.time_since_epoch().count();
+        auto due = leaks_.next_look.load(std::memory_order_relaxed);
+        if (t < due) return;
+        const auto interval = std::max<typename clock::duration::rep>(
+            std::chrono::duration_cast<typename clock::duration>(observer_.leak_threshold() / 8).count(), 1);
+        if (!leaks_.next_look.compare_exchange_strong(due, t + interval, std::memory_order_relaxed)) return;
+        report_leaks(now);
+    }
+
+    // Reports each lease out longer than the threshold, once. The events go
+    // out after the list's lock is released, a batch at a time.
+    void report_leaks(time_point now) noexcept {
+        if constexpr (tracks_leaks) {
+            struct overdue {
+                std::uint64_t id, uses;
+                pqpool::source_location where;
+                std::chrono::nanoseconds out;
+            };
+            const auto threshold = observer_.leak_threshold();
+            std::array<overdue, 16> batch;
+            std::size_t n = 0;
+            bool more = false;
+            {
+                std::lock_guard lock(leaks_.mutex);
+                for (info* r = leaks_.head; r; r = r->out_next) {
+                    if (r->reported || shorter_than(now - r->out_since, threshold)) continue;
+                    if (n == batch.size()) {
+                        more = true;
+                        break;
+                    }
+                    r->reported = true;
+                    batch[n++] = {r->id, r->uses, r->where, now - r->out_since};
+                }
+            }
+            if (more) leaks_.next_look.store(0, std::memory_order_relaxed); // the next call looks again
+            for (std::size_t i = 0; i < n; ++i) {
+                notify(event::leak_suspected, [&](event_type& e) {
+                    e.connection = batch[i].id;
+                    e.uses = batch[i].uses;
+                    e.hold = batch[i].out;
+                    e.where = &batch[i].where;
+                });
+            }
+        } else {
+            (void)now;
+        }
+    }
+
+    // The leases out, for leak detection (its own lock: the pool's is not
+    // taken again on the plain path).
+    struct leak_list {
+        typename Concurrency::mutex_type mutex;
+        info* head = nullptr;
+        std::atomic<typename clock::duration::rep> next_look{0}; // clock ticks
+    };
 
     // A connect in progress and its retry state; counted in opening_ from the
     // grant of its permit until it ends.
@@ -589,7 +858,7 @@ private:
     [[noreturn]] void throw_exhausted(std::unique_lock<typename Concurrency::mutex_type>& lock, const char* why) {
         const pool_stats s = snapshot();
         lock.unlock();
-        observer_.on_event(event::exhausted);
+        notify(event::exhausted);
         throw exhausted_error(std::string("pqpool: no connection available without waiting (") + why +
                                   "): " + describe(s),
                               s);
@@ -605,7 +874,10 @@ private:
         if (in_line) dequeue(in_line);
         std::shared_ptr<const connect_error> failure = failing_ ? last_failure_ : nullptr;
         lock.unlock();
-        observer_.on_event(event::timeout);
+        notify(event::timeout, [&](event_type& e) {
+            if (wait != std::chrono::milliseconds::max()) e.wait = wait;
+            if (failure) describe_failure(e, *failure);
+        });
         std::string what = "pqpool: acquire timed out after " + show_wait(wait) + ": " + describe(s);
         if (failure) {
             std::string_view cause = failure->what();
@@ -643,7 +915,10 @@ private:
     }
 
     [[gnu::noinline]] void retire_handed(info* c, event why, bool pinned) noexcept {
-        observer_.on_event(why);
+        if constexpr (!obs_silent) {
+            const time_point now = timed ? coarse_now<clock>() : time_point{};
+            notify_closed(why, *c, why == event::validation_failed ? close_reason::validation : retire_reason(*c, now));
+        }
         connector_.discard(c->handle); // never waits: the acquire keeps its bound
         delete c;
         std::lock_guard lock(mutex_);
@@ -721,14 +996,20 @@ private:
                 h = connector_.continue_connect(ch->attempt,
                                                 mode == backoff::wait_in_line ? until.get() : time_point::max());
             } catch (const connect_error& e) {
-                observer_.on_event(event::connect_failed);
+                notify(event::connect_failed, [&](event_type& ev) {
+                    describe_failure(ev, e);
+                    if constexpr (times_connects) ev.connect_time = clock::now() - ch->since;
+                });
                 note_failure(e);
                 std::optional<std::chrono::nanoseconds> delay;
                 if (e.transient()) delay = retry_.next_delay(++ch->failures);
                 if (!delay) return end_chain(ch, std::current_exception());
                 ch->not_before = saturating_add(clock::now(), *delay);
                 ch->since = ch->not_before;
-                observer_.on_event(event::retry);
+                notify(event::retry, [&](event_type& ev) {
+                    ev.backoff = *delay;
+                    describe_failure(ev, e);
+                });
                 continue;
             } catch (...) {
                 return end_chain(ch, std::current_exception(), false);
@@ -740,13 +1021,22 @@ private:
                 return r;
             }
             info* c = ch->record.release();
+            [[maybe_unused]] const time_point started = ch->since;
             delete ch;
             c->handle = h;
             c->generation = fork_.generation();
             c->epoch = epoch_.load(std::memory_order_relaxed);
-            if constexpr (timed) c->born = c->last_used = coarse_now<clock>();
+            c->id = next_id_.fetch_add(1, std::memory_order_relaxed) + 1;
+            if constexpr (timed)
+                c->born = c->last_used = coarse_now<clock>();
+            else if constexpr (times_connects || times_leases)
+                c->born = coarse_now<clock>(); // for the ages in events
             recycling_.on_open(*c, c->born);
-            observer_.on_event(event::connected);
+            notify(event::connected, [&](event_type& ev) {
+                ev.connection = c->id;
+                ev.handle = h;
+                if constexpr (times_connects) ev.connect_time = clock::now() - started;
+            });
             return {drive_result::fresh, c};
         }
     }
@@ -873,6 +1163,7 @@ private:
                 return lease_type(this, c);
             }
         }
+        notify_closed(event::retired, *c, close_reason::pool_closed);
         connector_.close(c->handle);
         delete c;
         throw closed_error("pqpool: the pool was closed while connecting");
@@ -881,8 +1172,10 @@ private:
     // A fresh connection (counted in opening_) that nobody asked for yet
     // (maintain): to the first waiter, else idle, else closed.
     void settle_as_idle(info* c) noexcept {
+        [[maybe_unused]] bool pool_closed = false;
         {
             std::lock_guard lock(mutex_);
+            pool_closed = closed_;
             --opening_;
             failing_ = false;
             if (!closed_) {
@@ -899,6 +1192,10 @@ private:
             }
             pass_permit();
         }
+        if (pool_closed)
+            notify_closed(event::retired, *c, close_reason::pool_closed);
+        else
+            notify_closed(event::trimmed, *c, close_reason::surplus);
         connector_.close(c->handle);
         delete c;
     }
@@ -989,9 +1286,15 @@ private:
     // child whose other threads were inside the pool the core is never freed:
     // a leak, never a use after free.
     void after_fork(std::uint64_t now_gen) noexcept {
+        notify(event::fork_detected);
         for (info* c : idle_) {
+            notify_closed(event::retired, *c, close_reason::fork);
             connector_.abandon(c->handle);
             delete c;
+        }
+        if constexpr (tracks_leaks) { // the leases in it are inherited; their lock may have been held at the fork
+            std::construct_at(&leaks_.mutex);
+            leaks_.head = nullptr;
         }
         idle_.clear();
         while (chain* ch = pop_parked()) {
@@ -1003,11 +1306,11 @@ private:
         opening_ = 0;
         waiting_ = 0;
         head_ = tail_ = nullptr;
-        observer_.on_event(event::fork_detected);
         generation_.store(now_gen, std::memory_order_release);
     }
 
     void release_inherited(info* c) noexcept {
+        notify_closed(event::retired, *c, close_reason::fork);
         connector_.abandon(c->handle);
         delete c;
         check_fork();
@@ -1073,6 +1376,8 @@ private:
     std::atomic<std::uint64_t> adopting_; // the generation whose takeover has been claimed
     bool closed_ = false;
     bool orphaned_ = false;
+    std::atomic<std::uint64_t> next_id_{0}; // connections opened so far
+    [[no_unique_address]] std::conditional_t<tracks_leaks, leak_list, no_fields<3>> leaks_;
 };
 
 } // namespace pqpool::detail

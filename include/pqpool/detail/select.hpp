@@ -66,6 +66,17 @@ struct in_category {
     using pick = typename decltype(+hana::front(hana::append(found, hana::type_c<Default>)))::type;
 };
 
+// The connector's handle type, for the observability concept (whose events
+// carry one); void* when the connector is not one, so that no second error follows.
+template <class C, class = void>
+struct handle_of {
+    using type = void*;
+};
+template <class C>
+struct handle_of<C, std::void_t<typename C::handle>> {
+    using type = typename C::handle;
+};
+
 // Keeps the chosen policy when it models its concept; otherwise the default,
 // so a failed static_assert is the only error the user reads.
 template <bool Ok, class Chosen, class Default>
@@ -122,7 +133,7 @@ struct select {
     static_assert(concurrency_policy<concurrency_t>,
                   "pqpool::pool: the concurrency policy does not model pqpool::concurrency_policy (see "
                   "pqpool/policies/concurrency.hpp)");
-    static_assert(observability_policy<observability_t>,
+    static_assert(observability_policy<observability_t, typename handle_of<connector_t>::type>,
                   "pqpool::pool: the observability policy does not model pqpool::observability_policy (see "
                   "pqpool/policies/observability.hpp)");
 
@@ -134,7 +145,8 @@ struct select {
         or_default<retry_policy<retry_t>, retry_t, retry::default_policy>,
         or_default<fork_safety_policy<fork_t>, fork_t, fork_safety::default_policy>,
         or_default<concurrency_policy<concurrency_t>, concurrency_t, concurrency::default_policy>,
-        or_default<observability_policy<observability_t>, observability_t, observability::default_policy>>;
+        or_default<observability_policy<observability_t, typename handle_of<connector_t>::type>, observability_t,
+                   observability::default_policy>>;
 };
 
 } // namespace detail

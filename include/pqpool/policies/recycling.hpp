@@ -17,6 +17,7 @@
 #include <pqpool/detail/check.hpp>
 #include <pqpool/detail/random.hpp>
 #include <pqpool/error.hpp>
+#include <pqpool/event.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -51,7 +52,9 @@ struct recycling_tag {};
 /// Laws: none of them throws; they run outside the pool's lock; `now` is
 /// meaningful only when `uses_clock` is true. Optionally `void check() const`
 /// throws `config_error` for numbers out of range (called by the pool's
-/// constructor).
+/// constructor), and `close_reason reason(const connection_info&, time_point
+/// now) const` says why `keep_on_acquire` or `keep_idle` said no, for the
+/// observability policy (without it, such closes are `close_reason::recycled`).
 template <class P>
 concept recycling_policy = std::same_as<typename P::category, recycling_tag> && std::default_initializable<P> &&
     requires(const P& p, detail::archetype_connector& c, detail::archetype_info& info,
@@ -194,6 +197,15 @@ struct limits {
     }
 
     std::size_t idle_floor() const noexcept { return min_idle; }
+
+    /// Why `keep_on_acquire` or `keep_idle` said no: expired, used up, or
+    /// (otherwise) idle too long.
+    template <class Info, class TimePoint>
+    close_reason reason(const Info& info, TimePoint now) const noexcept {
+        if (!(now < info.expires)) return close_reason::lifetime;
+        if (max_uses != 0 && info.uses >= max_uses) return close_reason::uses;
+        return close_reason::idle;
+    }
 };
 
 /// What `pqpool::pool<>` uses when no recycling policy is named.

@@ -1,6 +1,8 @@
 // A program that knows pqpool only as a user's project does: through its installed CMake
 // package, add_subdirectory, FetchContent or pkg-config (tests/install/run.cmake builds it
 // each way). PQPOOL_EXPECT_VERSION is the version the build system reported.
+#include <pqpool/observability/prometheus.hpp>
+#include <pqpool/observability/tls.hpp>
 #include <pqpool/pqpool.hpp>
 
 #include <cstdio>
@@ -40,5 +42,11 @@ int main() {
     } catch (const pqpool::config_error& e) {
         if (std::string(e.what()).find("hunter2") != std::string::npos) return 1;
     }
+    // OpenSSL comes along (TLS facts call it); the exposition needs nothing more.
+    if (pqpool::read_tls_facts(nullptr)) return 1;
+    pqpool::pool<pqpool::observability::tls> watched{"host=127.0.0.1 port=1"};
+    if (pqpool::prometheus_exposition().add(watched, "consumer").str().find("db_client_connection_max") ==
+        std::string::npos)
+        return 1;
     std::printf("consumer: ok (pqpool %s)\n", version.c_str());
 }
