@@ -15,7 +15,7 @@
 #include "printable.hpp"
 
 #include <pqpool/connector/libpq.hpp>
-#include <pqpool/detail/libpq_io.hpp>
+#include <pqpool/detail/connect_failure.hpp>
 #include <pqpool/error.hpp>
 
 #include <algorithm>

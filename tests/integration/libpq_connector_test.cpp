@@ -89,6 +89,20 @@ TEST_CASE("libpq_connector: the password role, right and wrong, key=value and UR
             CHECK(PQsslInUse(h.h) == 1);
         }
     }
+    SECTION("no password at all: not transient, as PQconnectionNeedsPassword() says") {
+        std::string ci = sbx().password_role("x");
+        ci.replace(ci.find(" password=x"), 11, " passfile=/dev/null");
+        const libpq_connector c{ci};
+        try {
+            c.connect(in(10s));
+            FAIL("connect without a password succeeded");
+        } catch (const connect_error& e) {
+            CAPTURE(e.what());
+            CHECK_FALSE(e.transient());
+            CHECK(e.sqlstate().empty());
+            CHECK(std::string(e.what()).find(right) == std::string::npos);
+        }
+    }
     SECTION("a wrong password: 28P01, not transient, no password in the message") {
         for (const auto& ci : {sbx().password_role(wrong), password_uri(wrong)}) {
             CAPTURE(ci);

@@ -7,6 +7,7 @@
 
 #include <pqpool/connector/libpq.hpp>
 #include <pqpool/detail/conninfo.hpp>
+#include <pqpool/detail/connect_failure.hpp>
 #include <pqpool/detail/fork_gate.hpp>
 #include <pqpool/detail/redact.hpp>
 
@@ -149,6 +150,19 @@ TEST_CASE("conninfo: libpq's keywords and secret keywords come from libpq", "[un
     CHECK(v.is_secret("password"));
     CHECK(v.is_secret("sslpassword"));
     CHECK_FALSE(v.is_secret("user"));
+    // Exactly libpq's table, as PQconndefaults() gives it (its dispchar "*"
+    // marks the secrets): taken from PQconninfoParse(""), which returns the
+    // same table without reading the environment or a service file, so it
+    // cannot fail on a broken PGSERVICE the way PQconndefaults() does.
+    std::vector<std::string> keywords, secrets;
+    const detail::conninfo_options defaults{PQconndefaults()};
+    REQUIRE(defaults);
+    for (const PQconninfoOption* o = defaults.get(); o->keyword; ++o) {
+        keywords.emplace_back(o->keyword);
+        if (o->dispchar && o->dispchar[0] == '*') secrets.emplace_back(o->keyword);
+    }
+    CHECK(v.keywords == keywords);
+    CHECK(v.secret_keywords == secrets);
     // The raw scanner finds a secret keyword libpq knows, in input libpq refuses.
     const auto found = detail::find_secrets("host=x sslpassword=Zq9-keypass bogus", v);
     CHECK(std::find(found.begin(), found.end(), "Zq9-keypass") != found.end());
@@ -203,7 +217,7 @@ TEST_CASE("fork gate: fork() waits for a connect step in flight, and the child m
     detail::fork_gate::step gate;
 }
 
-TEST_CASE("libpq_io: a failed connect's message, SQLSTATE and transience", "[unit][libpq]") {
+TEST_CASE("connect_failure: a failed connect's message, SQLSTATE and transience", "[unit][libpq]") {
     const std::string fatal = "connection to server at \"127.0.0.1\", port 5432 failed: FATAL:  28P01: password "
                               "authentication failed for user \"app\"\nLOCATION:  auth_failed, auth.c:335\n";
     auto f = detail::parse_connect_failure(fatal, false);

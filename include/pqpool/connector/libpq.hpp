@@ -4,6 +4,13 @@
 /// `pqpool::libpq_connector`: the connector that opens real PostgreSQL
 /// connections with libpq.
 ///
+/// Its parts: the connection string taken apart and checked
+/// (`detail/conninfo.hpp`, `detail/redact.hpp`), why a connect failed
+/// (`detail/connect_failure.hpp`), the bounded exec loop and socket helpers
+/// (`detail/libpq_io.hpp`), what is watched on open connections
+/// (`detail/connection_watch.hpp`), and here the connector itself: the
+/// resumable connect attempt and the operations on open connections.
+///
 /// Every call is bounded: connects, setup statements, pings, resets and the
 /// cancel in `close` wait with `poll()` (or a timed wait) against a deadline
 /// and never block past it. The one exception is libpq's own host-name lookup
@@ -13,6 +20,8 @@
 #include <pqpool/deadline.hpp>
 #include <pqpool/detail/check.hpp>
 #include <pqpool/detail/conninfo.hpp>
+#include <pqpool/detail/connect_failure.hpp>
+#include <pqpool/detail/connection_watch.hpp>
 #include <pqpool/detail/fork_gate.hpp>
 #include <pqpool/detail/libpq_io.hpp>
 #include <pqpool/detail/redact.hpp>
@@ -88,7 +97,7 @@ struct libpq_attempt_state {
     ino_t inode = 0;
     bool parked = false;
     time_point parked_at;
-    std::vector<std::string> refusals; // "label: why", one per host tried
+    std::vector<refusal> refusals;     // one per host tried
     std::string sqlstate;              // of the last server that answered
     bool transient = false;
 
@@ -101,16 +110,6 @@ struct libpq_attempt_state {
 // The connector's failure-message path without a server (refusals built from
 // a given libpq text): declared here, defined only by tests (tests/fuzz).
 struct libpq_connector_access;
-
-// libpq's "connection to server at "h" (a), port p failed: " prefix, left out
-// where our own label already names the host.
-inline std::string_view without_server_prefix(std::string_view text) {
-    if (text.substr(0, 21) != "connection to server ") return text;
-    const std::size_t line_end = text.find('\n');
-    const std::size_t failed = text.find(" failed: ");
-    if (failed == std::string_view::npos || failed > line_end) return text;
-    return text.substr(failed + 9);
-}
 
 } // namespace detail
 
@@ -438,7 +437,7 @@ inline void libpq_connector::forgive_parked_time(state& s) const noexcept {
 // `ends_attempt`: the server refused; the hosts after it are not tried.
 inline void libpq_connector::refuse(state& s, std::string why, std::string sqlstate, bool transient,
                                     bool ends_attempt) const {
-    s.refusals.push_back(plan_[s.target].label + ": " + why);
+    s.refusals.push_back({plan_[s.target].label, std::move(why)});
     if (!sqlstate.empty()) s.sqlstate = std::move(sqlstate);
     s.transient = s.transient || transient;
     detail::finish(std::exchange(s.conn, nullptr));
@@ -475,19 +474,7 @@ inline void libpq_connector::refuse_setup(state& s) const {
 }
 
 inline std::string libpq_connector::refusals(const state& s) const {
-    // One host: libpq's message as it is (it names the server itself).
-    if (plan_.size() == 1 && s.refusals.size() == 1)
-        return s.refusals.front().substr(plan_.front().label.size() + 2);
-    std::string out;
-    for (const std::string& r : s.refusals) {
-        if (!out.empty()) out += "; ";
-        const std::size_t colon = r.find(": ");
-        std::string why(detail::without_server_prefix(std::string_view(r).substr(colon + 2)));
-        for (char& c : why)
-            if (c == '\n') c = ' ';
-        out += "host " + r.substr(0, colon) + ": " + why;
-    }
-    return out;
+    return detail::describe_refusals(s.refusals, plan_.size() == 1);
 }
 
 inline libpq_connector::handle libpq_connector::continue_connect(attempt& a, clock::time_point deadline) const {

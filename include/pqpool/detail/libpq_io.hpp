@@ -1,13 +1,13 @@
 #pragma once
 
-// The connector's I/O on libpq connections, every step bounded: the poll()
-// wait, statements sent and read in resumable steps, the cancel of a running
-// command, and the diagnosis of a failed connect (message, SQLSTATE,
-// transience).
+// The connector's bounded I/O on libpq connections: the poll() wait,
+// statements sent and read in resumable steps (the exec loop of setup
+// statements, pings and resets), the cancel of a running command, and closing
+// a connection with or without a byte on its socket. Every wait has a
+// deadline.
 
 #include <pqpool/deadline.hpp>
 #include <pqpool/detail/fork_gate.hpp>
-#include <pqpool/error.hpp>
 
 #include <libpq-fe.h>
 
@@ -16,7 +16,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <climits>
@@ -261,109 +260,6 @@ inline void cancel_running(PGconn* h, std::chrono::milliseconds timeout) noexcep
     }
     std::unique_lock<std::mutex> lock(flag->m);
     flag->cv.wait_until(lock, saturating_add(io_clock::now(), timeout), [&] { return flag->done; });
-}
-
-// ---------------------------------------------------------------------------
-// Connect failures
-
-// libpq reports a failed connect only as text: no PGresult, no SQLSTATE field.
-// With PQERRORS_VERBOSE a server's FATAL reads `FATAL:  28P01: password
-// authentication failed ...` (severity, two spaces, the code, a colon), so the
-// code is taken from there. The severity word may be translated; the shape is
-// not.
-inline std::string last_sqlstate_in(std::string_view msg) {
-    auto code_char = [](char c) { return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z'); };
-    std::string found;
-    for (std::size_t at = msg.find(":  "); at != std::string_view::npos; at = msg.find(":  ", at + 1)) {
-        const std::size_t c = at + 3;
-        if (c + 7 > msg.size()) break;
-        if (std::all_of(msg.begin() + static_cast<std::ptrdiff_t>(c), msg.begin() + static_cast<std::ptrdiff_t>(c + 5),
-                        code_char) &&
-            msg[c + 5] == ':' && msg[c + 6] == ' ')
-            found = std::string(msg.substr(c, 5));
-    }
-    return found;
-}
-
-// Failures with no SQLSTATE that no retry will cure: TLS certificate trouble,
-// values libpq rejects, a name that does not resolve. (A missing password is
-// told by PQconnectionNeedsPassword.) Any other failure without a SQLSTATE is
-// network-level (refused, unreachable, timed out, closed by the server) and
-// worth retrying. These are libpq's English texts; under a translated libpq
-// nothing matches and failures count as transient, which costs retries, never
-// a wrong success.
-inline bool looks_like_configuration_mistake(std::string_view msg) noexcept {
-    constexpr std::string_view markers[] = {
-        "certificate",                  // verify failed, host name mismatch, unreadable file, client cert refused
-        "private key",                  // unreadable or world-readable sslkey
-        "does not support SSL",         // sslmode=require against a server without TLS
-        "GSSAPI encryption required",   // gssencmode=require and none possible
-        "invalid ",                     // invalid port number / sslmode value / integer value / response
-        "could not parse network address",
-        "could not match",              // port count does not match host count
-        "channel binding",
-        "authentication method",        // an authentication method libpq does not support
-        "requirepeer",
-        "Name or service not known",    // NXDOMAIN; "Temporary failure in name resolution" stays transient
-        "No address associated with hostname",
-        "unsupported protocol",
-    };
-    return std::any_of(std::begin(markers), std::end(markers),
-                       [&](std::string_view m) { return msg.find(m) != std::string_view::npos; });
-}
-
-struct libpq_failure {
-    std::string text;     // libpq's message without the LOCATION lines, trimmed
-    std::string sqlstate; // of the last server that answered, or empty
-    bool transient = true;
-};
-
-// Turns libpq's (verbose) connect error into message, SQLSTATE and
-// transience. With an sslmode=prefer fallback the message holds one part per
-// try; the last server that answered decides.
-inline libpq_failure parse_connect_failure(std::string_view raw, bool needs_password) {
-    libpq_failure f;
-    while (!raw.empty()) {
-        const std::size_t nl = raw.find('\n');
-        const std::string_view line = raw.substr(0, nl == std::string_view::npos ? raw.size() : nl + 1);
-        raw.remove_prefix(line.size());
-        // Verbose mode adds the server's source position: noise to a reader.
-        if (line.substr(0, 9) == "LOCATION:") continue;
-        f.text.append(line);
-    }
-    while (!f.text.empty() && (f.text.back() == '\n' || f.text.back() == ' ' || f.text.back() == '\t'))
-        f.text.pop_back();
-    if (f.text.empty()) f.text = "unknown error (libpq gave no message)";
-    f.sqlstate = last_sqlstate_in(f.text);
-    f.transient = !needs_password && (f.sqlstate.empty() ? !looks_like_configuration_mistake(f.text)
-                                                         : is_transient_sqlstate(f.sqlstate));
-    return f;
-}
-
-// ---------------------------------------------------------------------------
-// Notices
-
-// A FATAL or PANIC that the server sends to an idle connection (57P01 when the
-// backend is terminated, 57P05 on idle_session_timeout, a shutdown) reaches
-// libpq's notice receiver as soon as the input is parsed, while the socket may
-// stay open for milliseconds more. probe() parses what arrived and asks this
-// receiver, installed on every connection the connector opens, whether it saw
-// one. Every notice is then handed on to libpq's default receiver (which
-// ignores its argument), so the application's notice processor still sees it.
-inline thread_local bool fatal_notice_seen = false;
-inline std::atomic<PQnoticeReceiver> default_notice_receiver{nullptr};
-
-inline void watch_for_fatal(void* arg, const PGresult* res) {
-    const char* severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
-    if (severity && (std::strcmp(severity, "FATAL") == 0 || std::strcmp(severity, "PANIC") == 0))
-        fatal_notice_seen = true;
-    if (PQnoticeReceiver next = default_notice_receiver.load(std::memory_order_relaxed)) next(arg, res);
-}
-
-inline void watch_notices(PGconn* c) noexcept {
-    if (PQnoticeReceiver previous = PQsetNoticeReceiver(c, &watch_for_fatal, nullptr);
-        previous && previous != &watch_for_fatal)
-        default_notice_receiver.store(previous, std::memory_order_relaxed);
 }
 
 } // namespace pqpool::detail
