@@ -190,3 +190,22 @@ TEST_CASE("run() finishes on a fresh connection when its connection is reset mid
     CHECK(v == "done");
     CHECK(calls == 2);
 }
+
+TEST_CASE("a connection found reset without a word from the server moves the epoch: the other idle connections "
+          "on that path are retired unprobed",
+          "[proxy][epoch]") {
+    fault_proxy proxy{server_port()};
+    pool<validation::probe, recycling::none, retry::none> p{
+        proxy.route(sandbox::get().tls()), overflow::bounded{.size = 3, .max_overflow = 0, .wait = 5s}};
+    {
+        auto a = p.acquire(), b = p.acquire(), c = p.acquire();
+    }
+    REQUIRE(p.stats() == pool_stats{.size = 3, .idle = 3});
+    proxy.reset(); // an RST to every connection: no FATAL, no SQLSTATE
+    proxy.heal();
+    std::this_thread::sleep_for(100ms);
+    auto l = p.acquire(); // the probe finds the first one lost; the other two are retired as older
+    CHECK(p.stats().epoch == 1);
+    CHECK(select_1(l.get()));
+    CHECK(p.stats() == pool_stats{.size = 1, .in_use = 1, .epoch = 1});
+}

@@ -111,6 +111,7 @@ struct fake_server {
     std::atomic<std::uint64_t>* epoch = nullptr; // the pool's, when it bound it
     // The "server" failed over: as libpq_connector reports a FATAL 57P01 or a 25006.
     void signal_server_gone() {
+        std::lock_guard lock(m);
         if (epoch) epoch->fetch_add(1, std::memory_order_relaxed);
     }
     void kill(fake_connection* c) {
@@ -144,8 +145,13 @@ public:
 
     fake_server& server() const { return *server_; }
 
-    // The pool hands over its invalidation epoch; the fake moves it on signal_server_gone().
-    void bind_epoch(std::atomic<std::uint64_t>* epoch) noexcept { server_->epoch = epoch; }
+    // The pool hands over its invalidation epoch (and takes it back, null, when
+    // it goes); the fake moves it on signal_server_gone().
+    void bind_epoch(std::atomic<std::uint64_t>* epoch) noexcept {
+        std::lock_guard lock(server_->m);
+        if (epoch || server_->epoch == bound_) server_->epoch = epoch;
+        bound_ = epoch;
+    }
 
     // A connect in progress: its outcome is drawn when it starts (the next
     // queued fault), and it completes `connect_delay` later (real time).
@@ -287,6 +293,7 @@ public:
 
 private:
     std::shared_ptr<fake_server> server_;
+    std::atomic<std::uint64_t>* bound_ = nullptr; // the epoch this copy bound, if any
 };
 
 static_assert(connector<fake_connector<>>);

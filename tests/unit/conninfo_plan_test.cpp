@@ -247,3 +247,43 @@ TEST_CASE("connect_failure: a failed connect's message, SQLSTATE and transience"
           "FATAL:  x");
     CHECK(detail::without_server_prefix("timed out after 2000 ms") == "timed out after 2000 ms");
 }
+
+TEST_CASE("connect_failure: which errors on an open connection say its server went away or changed role",
+          "[unit][libpq][epoch]") {
+    using detail::wanted_role;
+    for (const char* code : {"08000", "08003", "08006", "08P01", "57P01", "57P02", "57P03"}) {
+        CAPTURE(code);
+        CHECK(detail::server_changed(code, wanted_role::any));
+        CHECK(detail::server_changed(code, wanted_role::read_write));
+    }
+    // An idle session timeout, too many connections, a query's own error: this connection only.
+    for (const char* code : {"57P05", "53300", "22012", "23505", "40001", "", "08"}) {
+        CAPTURE(code);
+        CHECK_FALSE(detail::server_changed(code, wanted_role::read_write));
+    }
+    // A read-only transaction: a role change only when the pool asked for read-write servers.
+    CHECK(detail::server_changed("25006", wanted_role::read_write));
+    for (auto role : {wanted_role::any, wanted_role::primary, wanted_role::read_only, wanted_role::standby,
+                      wanted_role::prefer_standby})
+        CHECK_FALSE(detail::server_changed("25006", role));
+
+    CHECK(detail::wanted_role_of("read-write") == wanted_role::read_write);
+    CHECK(detail::wanted_role_of("prefer-standby") == wanted_role::prefer_standby);
+    CHECK(detail::wanted_role_of("any") == wanted_role::any);
+    CHECK(detail::wanted_role_of("") == wanted_role::any);
+
+    // The server's reported in_hot_standby / default_transaction_read_only, as libpq's own check reads them.
+    CHECK(detail::role_lost(wanted_role::read_write, "on", "off", false));  // demoted to a standby
+    CHECK(detail::role_lost(wanted_role::read_write, "off", "on", false));  // fenced read-only
+    CHECK_FALSE(detail::role_lost(wanted_role::read_write, "off", "off", false));
+    CHECK(detail::role_lost(wanted_role::primary, "on", "off", false));
+    CHECK_FALSE(detail::role_lost(wanted_role::primary, "off", "on", false)); // read-only, but still a primary
+    CHECK(detail::role_lost(wanted_role::standby, "off", "off", true));      // promoted
+    CHECK_FALSE(detail::role_lost(wanted_role::standby, "on", "on", true));
+    CHECK(detail::role_lost(wanted_role::read_only, "off", "off", false));
+    CHECK_FALSE(detail::role_lost(wanted_role::read_only, "off", "on", false));
+    CHECK(detail::role_lost(wanted_role::prefer_standby, "off", "off", true)); // its standby was promoted
+    CHECK_FALSE(detail::role_lost(wanted_role::prefer_standby, "off", "off", false)); // fell back to a primary
+    CHECK_FALSE(detail::role_lost(wanted_role::any, "on", "on", true));
+    CHECK_FALSE(detail::role_lost(wanted_role::read_write, nullptr, nullptr, false)); // a server before 14
+}

@@ -303,7 +303,9 @@ TEST_CASE("an invalidation retires every connection opened before it, at acquire
     CHECK(s->open() == 0);
 }
 
-TEST_CASE("a connect refused with 57P03 or a class 08 SQLSTATE invalidates the older connections", "[recycling][epoch]") {
+TEST_CASE("a connect refused with 57P03 (a server starting or shutting down) invalidates the older connections, a "
+          "wrong password or an unreachable server does not",
+          "[recycling][epoch]") {
     auto s = std::make_shared<fake_server>();
     null_pool<overflow::fixed> pool{fake_connector<>{s}, overflow::fixed{.size = 3, .wait = 50ms}};
     auto held = pool.acquire();
@@ -318,4 +320,57 @@ TEST_CASE("a connect refused with 57P03 or a class 08 SQLSTATE invalidates the o
     s->fail_next({fault::permanent, "28P01"}); // a wrong password says nothing about the server
     CHECK_THROWS_AS(pool.acquire(), connect_error);
     CHECK(pool.stats().epoch == 1);
+    s->fail_next({fault::transient, "08001"}); // nor does a network failure while connecting: the
+    CHECK_THROWS_AS(pool.acquire(), error);    // connections already open may be fine (another path)
+    CHECK(pool.stats().epoch == 1);
+}
+
+TEST_CASE("run(): a connection lost during the work moves the epoch, so the retry gets a fresh connection, not "
+          "an older idle one",
+          "[recycling][epoch][run]") {
+    auto s = std::make_shared<fake_server>();
+    using p = fake_pool<validation::none, recycling::none, fork_safety::none, fixed_delay, overflow::fixed>;
+    p pool{fake_connector<>{s}, overflow::fixed{.size = 3, .wait = 1s}, fixed_delay{.delay = 0ms}};
+    {
+        auto a = pool.acquire(), b = pool.acquire(); // two idle connections, both opened before the loss
+    }
+    REQUIRE(pool.stats().idle == 2);
+    int calls = 0;
+    std::vector<int> used;
+    pool.run([&](fake_connection* c) {
+        used.push_back(c->id);
+        if (++calls == 1) c->alive = false; // the server went away mid-work
+    });
+    CHECK(pool.stats().epoch == 1);
+    CHECK(calls == 2);
+    REQUIRE(used.size() == 2);
+    CHECK(used[1] == 2); // a new connection: the other idle one was retired as older, not handed out
+    CHECK(s->connection(0).closed);
+    CHECK(s->connection(1).closed);
+    CHECK(pool.stats() == pool_stats{.size = 1, .idle = 1, .epoch = 1});
+}
+
+TEST_CASE("one event moves the epoch once: a second connection that saw it, opened before the move, does not "
+          "retire the connections opened since",
+          "[recycling][epoch][run]") {
+    auto s = std::make_shared<fake_server>();
+    using p = fake_pool<validation::none, recycling::none, fork_safety::none, fixed_delay, overflow::fixed>;
+    p pool{fake_connector<>{s}, overflow::fixed{.size = 3, .wait = 1s}, fixed_delay{.delay = 0ms}};
+    {
+        auto a = pool.acquire(), b = pool.acquire();
+    }
+    int outer = 0, inner = 0;
+    pool.run([&](fake_connection* x) { // holds one connection of epoch 0
+        if (++outer > 1) return;
+        pool.run([&](fake_connection* y) { // the other one, also of epoch 0
+            if (++inner == 1) y->alive = false;
+        });
+        CHECK(pool.stats().epoch == 1); // the inner loss moved it; the inner retry opened a connection of epoch 1
+        x->alive = false; // the same failover, seen late by a connection of epoch 0
+    });
+    CHECK(outer == 2);
+    CHECK(inner == 2);
+    CHECK(pool.stats().epoch == 1); // not 2: the connection of epoch 1 is current, and was reused
+    CHECK(s->connects == 3);
+    CHECK(s->open() == 1);
 }

@@ -52,6 +52,13 @@ struct connector_tag {};
 ///   open or failed transaction; with `discard_all`, `DISCARD ALL`) and answers
 ///   whether `h` may be reused; `false` means close it.
 ///
+/// Optional, for a connector that watches its connections: `bind_epoch(e)`
+/// (the pool hands over its invalidation epoch, a `std::atomic<std::uint64_t>*`,
+/// when it is built, and null when it goes; the connector moves it, from any
+/// thread, when a connection sees its server go away or change role) and
+/// `birth_epoch(h)` (the epoch a connection just opened reports against; the
+/// pool records the same). Without them the pool reads its epoch itself.
+///
 /// After `close` or `abandon`, `h` is never used again. One attempt and one
 /// handle are used by one thread at a time; different ones, concurrently.
 template <class C>

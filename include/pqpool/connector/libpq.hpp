@@ -304,8 +304,10 @@ public:
     /// the connection is idle afterwards. Never blocks past `deadline`. Cost:
     /// one round trip.
     bool ping(handle h, clock::time_point deadline) const noexcept {
-        if (!h || PQstatus(h) != CONNECTION_OK) return false;
+        if (!h) return false;
+        if (PQstatus(h) != CONNECTION_OK) return lost(h);
         const auto r = detail::exec_until(h, "", deadline, false);
+        if (PQstatus(h) != CONNECTION_OK) return lost(h);
         return r.outcome == detail::exec_outcome::ok && r.last == PGRES_EMPTY_QUERY &&
                PQtransactionStatus(h) == PQTRANS_IDLE;
     }
@@ -334,6 +336,45 @@ public:
     /// The options given at construction.
     const libpq_options& options() const noexcept { return options_; }
 
+    /// Called by the pool that owns this connector (and again with null when
+    /// the pool goes): from then on, each connection it opens watches its
+    /// server and moves `*epoch` when the server goes away or changes role,
+    /// so that the pool retires every connection opened before. What counts:
+    /// an error with SQLSTATE class 08, 57P01, 57P02 or 57P03 on an open
+    /// connection (a FATAL sent to an idle one included); a connection found
+    /// lost without a word by `probe`, `ping` or `reset`; with
+    /// `target_session_attrs=read-write`, an error 25006 (read-only
+    /// transaction); and a server whose reported `in_hot_standby` or
+    /// `default_transaction_read_only` (PostgreSQL 14 and later report them
+    /// when they change: a promotion, a reload) no longer fits
+    /// `target_session_attrs` (for `prefer-standby`: a standby that was
+    /// promoted). Once per event: connections that saw the same event after
+    /// the epoch moved do not move it again. Copies of the connector made
+    /// before share no binding. Cost per connection: one small allocation;
+    /// per result the application reads, libpq's event list copied into it
+    /// and one call that reads the SQLSTATE (and, with
+    /// `target_session_attrs`, two ParameterStatus lookups). Throws
+    /// `std::bad_alloc`.
+    void bind_epoch(std::atomic<std::uint64_t>* epoch) {
+        if (!epoch) {
+            if (binding_) binding_->epoch.store(nullptr, std::memory_order_release);
+            return;
+        }
+        auto b = std::make_shared<detail::epoch_binding>();
+        b->role = role_;
+        b->epoch.store(epoch, std::memory_order_release);
+        binding_ = std::move(b);
+    }
+
+    /// The epoch a connection this connector just opened reports against:
+    /// the pool's at the time of the call, stamped on the connection. Called
+    /// by the pool once, when it takes the connection.
+    std::uint64_t birth_epoch(handle h) const noexcept {
+        if (detail::connection_watch* w = detail::watch_of(h); w && w->binding) return detail::stamp_birth(h);
+        std::atomic<std::uint64_t>* e = binding_ ? binding_->epoch.load(std::memory_order_acquire) : nullptr;
+        return e ? e->load(std::memory_order_relaxed) : 0;
+    }
+
 private:
     friend struct detail::libpq_connector_access;
     using state = detail::libpq_attempt_state;
@@ -357,12 +398,19 @@ private:
     std::string refusals(const state& s) const;
     [[noreturn]] void fail_refused(attempt& a) const;
     [[noreturn]] void fail_timed_out(attempt& a) const;
+    // `h` was found lost: its watch reports it (when no FATAL came first).
+    static bool lost(handle h) noexcept {
+        if (const detail::connection_watch* w = detail::watch_of(h)) w->saw_loss();
+        return false;
+    }
 
     libpq_options options_;
     std::vector<detail::connect_target> plan_; // the libpq connections an attempt makes, in order
     std::vector<std::string> secrets_;         // every form of every secret seen, to scrub from libpq's text
     std::string description_;
     std::chrono::milliseconds connect_timeout_{};
+    detail::wanted_role role_ = detail::wanted_role::any; // target_session_attrs
+    std::shared_ptr<detail::epoch_binding> binding_;     // the owning pool's epoch, once bound
 };
 
 static_assert(connector<libpq_connector>);
@@ -379,6 +427,10 @@ inline libpq_connector::libpq_connector(std::string_view conninfo_or_uri, libpq_
     connect_timeout_ = detail::resolve_connect_timeout(ci, env, options_.connect_timeout);
     plan_ = detail::plan_connects(ci, env);
     description_ = detail::describe(ci, env);
+    if (const std::string* attrs = ci.get("target_session_attrs"))
+        role_ = detail::wanted_role_of(*attrs);
+    else if (const std::string* from_env = ci.get("service") ? nullptr : env.get("target_session_attrs"))
+        role_ = detail::wanted_role_of(*from_env);
     secrets_ = std::move(ci.secrets);
     // PGPASSWORD and friends: libpq never echoes them, but cheap insurance.
     secrets_.insert(secrets_.end(), env.secrets.begin(), env.secrets.end());
@@ -525,7 +577,6 @@ inline libpq_connector::handle libpq_connector::continue_connect(attempt& a, clo
                 s.polling = st;
             } else {
                 PQsetErrorVerbosity(s.conn, PQERRORS_DEFAULT);
-                detail::watch_notices(s.conn);
                 s.in_setup = true;
                 s.setup_index = 0;
                 s.setup_sent = false;
@@ -542,6 +593,7 @@ inline libpq_connector::handle libpq_connector::continue_connect(attempt& a, clo
         if (s.setup_index == options_.setup.size()) {
             if (!options_.setup.empty()) PQsetnonblocking(s.conn, 0);
             handle done = std::exchange(s.conn, nullptr);
+            detail::watch_connection(done, binding_);
             a.state_.reset();
             return done;
         }
@@ -598,9 +650,11 @@ inline libpq_connector::handle libpq_connector::connect(clock::time_point deadli
 }
 
 inline bool libpq_connector::probe(handle h) const noexcept {
-    if (!h || PQstatus(h) != CONNECTION_OK || PQtransactionStatus(h) != PQTRANS_IDLE) return false;
+    if (!h) return false;
+    if (PQstatus(h) != CONNECTION_OK) return lost(h);
+    if (PQtransactionStatus(h) != PQTRANS_IDLE) return false;
     const int fd = PQsocket(h);
-    if (fd < 0) return false;
+    if (fd < 0) return lost(h);
     // A few rounds at most: a steady stream of notifications must not keep us here.
     for (int round = 0; round < 3; ++round) {
         pollfd p{fd, static_cast<short>(POLLIN | detail::poll_rdhup), 0};
@@ -611,28 +665,33 @@ inline bool libpq_connector::probe(handle h) const noexcept {
         // "dead" costs a reconnect, a false "alive" costs the caller a query.
         if (n < 0) return false;
         if (n == 0) return true;
-        if (p.revents & (detail::poll_rdhup | POLLHUP | POLLERR | POLLNVAL)) return false;
-        // Plain POLLIN: a NOTIFY, ParameterStatus or notice, or the server's
-        // last words (a FATAL, a TLS close_notify) before it closes. Read and
-        // parse it: EOF or a close_notify turns the status BAD, a FATAL reaches
-        // the notice receiver; notifications stay queued for the application.
-        if (!PQconsumeInput(h)) return false;
+        if (p.revents & POLLNVAL) return lost(h);
+        const bool hangup = (p.revents & (detail::poll_rdhup | POLLHUP | POLLERR)) != 0;
+        // Data, or a hang-up: a NOTIFY, ParameterStatus or notice, or the
+        // server's last words (a FATAL, a TLS close_notify) before it closes.
+        // Read and parse it first, so that a FATAL is judged by its SQLSTATE:
+        // EOF or a close_notify turns the status BAD, a FATAL reaches the
+        // notice receiver; notifications stay queued for the application.
         detail::fatal_notice_seen = false;
-        (void)PQisBusy(h); // parses the input
-        if (detail::fatal_notice_seen || PQstatus(h) != CONNECTION_OK) return false;
+        const bool read = PQconsumeInput(h) != 0;
+        if (read) (void)PQisBusy(h); // parses the input
+        if (detail::fatal_notice_seen) return false;
+        if (!read || hangup || PQstatus(h) != CONNECTION_OK) return lost(h);
     }
     return true;
 }
 
 inline bool libpq_connector::reset(handle h, bool discard_all) const noexcept {
-    if (!h || PQstatus(h) != CONNECTION_OK) return false;
+    if (!h) return false;
+    if (PQstatus(h) != CONNECTION_OK) return lost(h);
 #ifdef LIBPQ_HAS_PIPELINING
     if (PQpipelineStatus(h) != PQ_PIPELINE_OFF) return false;
 #endif
     const auto deadline = saturating_add(clock::now(), options_.io_timeout);
     auto run = [&](const char* sql) {
-        return detail::exec_until(h, sql, deadline, false).outcome == detail::exec_outcome::ok &&
-               PQtransactionStatus(h) == PQTRANS_IDLE;
+        if (detail::exec_until(h, sql, deadline, false).outcome == detail::exec_outcome::ok)
+            return PQtransactionStatus(h) == PQTRANS_IDLE;
+        return PQstatus(h) == CONNECTION_OK ? false : lost(h);
     };
     switch (PQtransactionStatus(h)) {
     case PQTRANS_IDLE:

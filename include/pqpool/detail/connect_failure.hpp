@@ -1,9 +1,10 @@
 #pragma once
 
 // Why a connect failed, from libpq's text: the SQLSTATE, whether a retry may
-// cure it, and the message that names each host tried. Pure functions of
-// strings (no libpq call, no I/O), so they are unit-tested without a server
-// and fuzzed (tests/fuzz/fuzz_sqlstate.cpp).
+// cure it, and the message that names each host tried; and what an error on
+// an open connection says about its server (gone, or no longer the role the
+// pool asked for). Pure functions of strings (no libpq call, no I/O), so they
+// are unit-tested without a server and fuzzed (tests/fuzz/fuzz_sqlstate.cpp).
 //
 // libpq's own signals come first where it has them: a missing password is
 // told by PQconnectionNeedsPassword() (passed in as `needs_password`), never
@@ -124,6 +125,57 @@ inline std::string describe_refusals(const std::vector<refusal>& refusals, bool 
         out += "host " + r.host + ": " + why;
     }
     return out;
+}
+
+// ---------------------------------------------------------------------------
+// Errors on open connections
+
+// What a pool asked of its servers with target_session_attrs.
+enum class wanted_role : unsigned char { any, read_write, read_only, primary, standby, prefer_standby };
+
+inline wanted_role wanted_role_of(std::string_view target_session_attrs) noexcept {
+    if (target_session_attrs == "read-write") return wanted_role::read_write;
+    if (target_session_attrs == "read-only") return wanted_role::read_only;
+    if (target_session_attrs == "primary") return wanted_role::primary;
+    if (target_session_attrs == "standby") return wanted_role::standby;
+    if (target_session_attrs == "prefer-standby") return wanted_role::prefer_standby;
+    return wanted_role::any;
+}
+
+// Does this SQLSTATE, in an error on an open connection, say that its server
+// went away or changed role? Class 08 (connection exception), 57P01 (admin
+// shutdown, or the backend terminated), 57P02 (crash shutdown), 57P03 (cannot
+// connect now); and 25006 (read-only transaction) when the pool asked for
+// read-write servers. Not 57P05 (idle session timeout: this connection only)
+// nor 53300.
+inline bool server_changed(std::string_view sqlstate, wanted_role role) noexcept {
+    if (sqlstate.size() != 5) return false;
+    if (sqlstate.substr(0, 2) == "08") return true;
+    if (sqlstate == "57P01" || sqlstate == "57P02" || sqlstate == "57P03") return true;
+    return sqlstate == "25006" && role == wanted_role::read_write;
+}
+
+// Does a server's reported state (the ParameterStatus values in_hot_standby
+// and default_transaction_read_only, which PostgreSQL 14 and later send at
+// connect and whenever they change: a promotion, a configuration reload) no
+// longer fit what the pool asked for? The same tests as libpq's
+// target_session_attrs check at connect. `was_standby`: the server was a
+// standby when the connection was opened (prefer-standby connections that
+// found one). A null value (an older server) proves nothing.
+inline bool role_lost(wanted_role role, const char* in_hot_standby, const char* default_read_only,
+                      bool was_standby) noexcept {
+    if (!in_hot_standby) return false;
+    const bool standby = std::string_view(in_hot_standby) == "on";
+    const bool read_only = standby || (default_read_only && std::string_view(default_read_only) == "on");
+    switch (role) {
+    case wanted_role::read_write: return read_only;
+    case wanted_role::primary: return standby;
+    case wanted_role::read_only: return !read_only;
+    case wanted_role::standby: return !standby;
+    case wanted_role::prefer_standby: return was_standby && !standby;
+    case wanted_role::any: break;
+    }
+    return false;
 }
 
 } // namespace pqpool::detail

@@ -133,14 +133,25 @@ public:
           generation_(fork_.generation()),
           adopting_(generation_.load()) {
         idle_.reserve(std::min<std::size_t>(overflow_.keep_idle(), 1024));
-        // A connector that watches its connections (a FATAL 57P01, a 25006 on
-        // a read-write pool) moves the epoch itself, from any thread.
-        if constexpr (requires { connector_.bind_epoch(&epoch_); }) connector_.bind_epoch(&epoch_);
+        if constexpr (binds_epoch) connector_.bind_epoch(&epoch_);
+    }
+
+    // Connections opened through a copy of the connector (by hand, from
+    // pool.connector()) may outlive the core: they stop reporting here.
+    ~pool_core() {
+        if constexpr (binds_epoch) connector_.bind_epoch(nullptr);
     }
 
     // Every connection opened before now is retired instead of handed out
     // (at its next acquire or release, or by maintain()).
     void invalidate() noexcept { epoch_.fetch_add(1, std::memory_order_relaxed); }
+
+    // A connection born in epoch `born` saw its server go away: the epoch
+    // moves on, unless it already has since that birth (another connection
+    // reported the same event first; connections opened since are current).
+    void invalidate_since(std::uint64_t born) noexcept {
+        epoch_.compare_exchange_strong(born, born + 1, std::memory_order_relaxed);
+    }
 
     const Overflow& overflow() const noexcept { return overflow_; }
     const Recycling& recycling() const noexcept { return recycling_; }
@@ -285,6 +296,7 @@ public:
             const handle h = l.get();
             const auto retry_after_loss = [&]() -> bool {
                 if (!connector_.broken(h)) return false;
+                invalidate_since(l.info().epoch); // a lost connection: its server (or the path to it) went away
                 l.mark_broken();
                 l.release();
                 return backoff_before_retry(++failures);
@@ -518,6 +530,9 @@ private:
     }
 
     static constexpr bool timed = Validation::uses_clock || Recycling::uses_clock;
+    // A connector that watches its connections (a FATAL 57P01, a 25006 on a
+    // read-write pool) moves the epoch itself, from any thread.
+    static constexpr bool binds_epoch = requires(Connector& c, std::atomic<std::uint64_t>* e) { c.bind_epoch(e); };
 
     // --- Observability. Every helper is empty for a silent policy (none):
     // no event is built, no clock read, no field written.
@@ -1025,7 +1040,12 @@ private:
             delete ch;
             c->handle = h;
             c->generation = fork_.generation();
-            c->epoch = epoch_.load(std::memory_order_relaxed);
+            // The connector that watches its connections stamps each with the
+            // epoch it reports against, so that both agree on it.
+            if constexpr (requires { connector_.birth_epoch(h); })
+                c->epoch = connector_.birth_epoch(h);
+            else
+                c->epoch = epoch_.load(std::memory_order_relaxed);
             c->id = next_id_.fetch_add(1, std::memory_order_relaxed) + 1;
             if constexpr (timed)
                 c->born = c->last_used = coarse_now<clock>();
