@@ -6,6 +6,7 @@
 #include "catch.hpp"
 #include "pg.hpp"
 #include "sandbox.hpp"
+#include "sockets.hpp"
 
 #include <pqpool/pqpool.hpp>
 
@@ -27,23 +28,7 @@ using test::named;
 using test::query;
 using test::sandbox;
 using test::unique_name;
-
-namespace {
-
-// A loopback port nothing listens on.
-int closed_port() {
-    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-    socklen_t len = sizeof a;
-    REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-    ::close(fd);
-    return ntohs(a.sin_port);
-}
-
-} // namespace
+using test::net::closed_port;
 
 TEST_CASE("acquire, query, release over TLS, verify-full, plain TCP and the Unix socket", "[integration][pool]") {
     const auto& sb = sandbox::get();

@@ -69,6 +69,21 @@ inline int listen_loopback(int backlog = 128) {
     return fd;
 }
 
+// A loopback port nothing listens on (bound, then closed): a connect there is refused at once.
+inline int closed_port() {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) fail("socket");
+    const sockaddr_in a = loopback(0);
+    if (::bind(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0) {
+        const int err = errno;
+        ::close(fd);
+        fail("bind on 127.0.0.1", err);
+    }
+    const int port = local_port(fd);
+    ::close(fd);
+    return port;
+}
+
 // A blocking client socket connected to 127.0.0.1:port (TCP_NODELAY on).
 inline int connect_loopback(int port) {
     const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);

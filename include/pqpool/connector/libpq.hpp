@@ -35,7 +35,10 @@
 #include <chrono>
 #include <cstddef>
 #include <cstring>
+#include <exception>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -43,6 +46,32 @@
 #include <vector>
 
 namespace pqpool {
+
+/// The host a connect is about to try, as a credentials callable sees it
+/// (the views are valid during the call only).
+struct connect_host {
+    /// The host name (or Unix socket directory) as given; empty for libpq's
+    /// default. With a `service`, or a single libpq connection, the whole list.
+    std::string_view host{};
+    std::string_view hostaddr{}; ///< The numeric address as given, or empty.
+    std::string_view port{};     ///< As given, or empty (libpq's default: 5432).
+    std::string_view dbname{};   ///< As libpq will use it (given, environment, or the user's name).
+    std::string_view user{};     ///< As libpq will use it (given, environment, or the login name).
+};
+
+/// What a credentials callable supplies for one connect.
+struct connect_credentials {
+    /// The password for this connect; replaces the connection string's.
+    /// Empty: none from here (the connection string's, or libpq's password
+    /// file, as usual).
+    std::string password{};
+    /// Further connection parameters for this connect, as keyword and value
+    /// (`{"user", "app_v2"}`, `{"sslpassword", …}`, `{"options", …}`); each
+    /// replaces the connection string's. Not allowed: `host`, `hostaddr`,
+    /// `port`, `service` and `target_session_attrs` (which hosts are tried,
+    /// and how, is the connection string's business).
+    std::vector<std::pair<std::string, std::string>> parameters{};
+};
 
 /// The run-time settings of a `libpq_connector`.
 struct libpq_options {
@@ -63,6 +92,24 @@ struct libpq_options {
     /// it (e.g. `"SET search_path TO app"`). Each may hold several statements
     /// separated by `;`.
     std::vector<std::string> setup{};
+    /// Credentials fetched for each connect: called once per host about to be
+    /// tried (with several hosts, once for each host tried), on the thread
+    /// that drives the connect and never under the pool's lock, so a rotating
+    /// secret or a short-lived token (see `rds_iam_auth`) is fetched when it
+    /// is needed; connections already open are untouched. Several connects
+    /// may call it at once. Its time counts against the caller's wait like a
+    /// host-name lookup does (it is not interrupted): keep it quick, or
+    /// cached. What it returns is scrubbed from every message like a
+    /// password given in the connection string.
+    ///
+    /// When it throws, that host fails with its message (scrubbed of the
+    /// secrets it returned before): a `connect_error` it throws keeps its
+    /// SQLSTATE and transience, a `config_error` is not transient, anything
+    /// else is (a secrets store that did not answer). A password it supplied
+    /// that the server refuses (28P01) counts as transient: the secret may
+    /// have rotated between the call and the server's check, and the next
+    /// attempt calls it again.
+    std::function<connect_credentials(const connect_host&)> credentials{};
 
     /// Throws `config_error` naming the field, its value and the allowed range
     /// when a timeout is zero or negative. Cost: a few comparisons.
@@ -98,6 +145,8 @@ struct libpq_attempt_state {
     bool parked = false;
     time_point parked_at;
     std::vector<refusal> refusals;     // one per host tried
+    std::vector<std::string> secrets;  // what the credentials callable supplied for the current host
+    bool password_supplied = false;    // ...and whether a password was among it
     std::string sqlstate;              // of the last server that answered
     bool transient = false;
 
@@ -110,6 +159,29 @@ struct libpq_attempt_state {
 // The connector's failure-message path without a server (refusals built from
 // a given libpq text): declared here, defined only by tests (tests/fuzz).
 struct libpq_connector_access;
+
+// The secrets a credentials callable supplied lately, so that its own error
+// messages (which may quote an old token) are scrubbed of them too.
+class recent_secrets {
+public:
+    void add(const std::vector<std::string>& secrets) {
+        const std::lock_guard lock(m_);
+        for (const std::string& s : secrets) {
+            if (s.empty() || std::find(kept_.begin(), kept_.end(), s) != kept_.end()) continue;
+            if (kept_.size() == capacity) kept_.erase(kept_.begin());
+            kept_.push_back(s);
+        }
+    }
+    void scrub(std::string& text) const {
+        const std::lock_guard lock(m_);
+        scrub_tokens(text, kept_);
+    }
+
+private:
+    static constexpr std::size_t capacity = 16;
+    mutable std::mutex m_;
+    std::vector<std::string> kept_;
+};
 
 } // namespace detail
 
@@ -383,12 +455,19 @@ private:
         throw connect_error("pqpool: cannot connect to " + description_ + ": " + what, std::move(sqlstate),
                             transient);
     }
-    std::string scrubbed(std::string text) const {
-        detail::scrub_tokens(text, secrets_);
+    std::string scrubbed(const state& s, std::string text) const {
+        if (!s.secrets.empty()) {
+            std::vector<std::string> all = secrets_;
+            all.insert(all.end(), s.secrets.begin(), s.secrets.end());
+            detail::scrub_tokens(text, all);
+        } else {
+            detail::scrub_tokens(text, secrets_);
+        }
         return text;
     }
 
     void start_target(state& s) const;
+    bool fetch_credentials(state& s, std::vector<std::string>& keywords, std::vector<std::string>& values) const;
     void note_socket(state& s, int fd) const noexcept;
     void forgive_parked_time(state& s) const noexcept;
     void refuse(state& s, std::string why, std::string sqlstate, bool transient, bool ends_attempt = false) const;
@@ -410,6 +489,8 @@ private:
     std::string description_;
     std::chrono::milliseconds connect_timeout_{};
     detail::wanted_role role_ = detail::wanted_role::any; // target_session_attrs
+    std::string user_, dbname_;                           // as libpq will use them, for the credentials callable
+    std::shared_ptr<detail::recent_secrets> supplied_ = std::make_shared<detail::recent_secrets>();
     std::shared_ptr<detail::epoch_binding> binding_;     // the owning pool's epoch, once bound
 };
 
@@ -427,6 +508,9 @@ inline libpq_connector::libpq_connector(std::string_view conninfo_or_uri, libpq_
     connect_timeout_ = detail::resolve_connect_timeout(ci, env, options_.connect_timeout);
     plan_ = detail::plan_connects(ci, env);
     description_ = detail::describe(ci, env);
+    user_ = detail::resolved_value(ci, env, "user");
+    dbname_ = detail::resolved_value(ci, env, "dbname");
+    if (dbname_.empty() && !ci.get("service")) dbname_ = user_;
     if (const std::string* attrs = ci.get("target_session_attrs"))
         role_ = detail::wanted_role_of(*attrs);
     else if (const std::string* from_env = ci.get("service") ? nullptr : env.get("target_session_attrs"))
@@ -437,14 +521,81 @@ inline libpq_connector::libpq_connector(std::string_view conninfo_or_uri, libpq_
     detail::fork_gate::install();
 }
 
+// Calls libpq_options::credentials for the host about to be tried and merges
+// what it gives into that host's keywords. False when the host is refused
+// (the callable failed, or gave what it may not).
+inline bool libpq_connector::fetch_credentials(state& s, std::vector<std::string>& keywords,
+                                               std::vector<std::string>& values) const {
+    const detail::connect_target& t = plan_[s.target];
+    connect_credentials c;
+    auto failed = [&](std::string why, std::string sqlstate, bool transient) {
+        supplied_->scrub(why);
+        refuse(s, "the credentials callable failed: " + scrubbed(s, std::move(why)), std::move(sqlstate),
+               transient);
+        return false;
+    };
+    try {
+        c = options_.credentials(connect_host{t.host, t.hostaddr, t.port, dbname_, user_});
+    } catch (const connect_error& e) {
+        return failed(e.what(), e.sqlstate(), e.transient());
+    } catch (const config_error& e) {
+        return failed(e.what(), {}, false);
+    } catch (const std::exception& e) {
+        return failed(e.what(), {}, true);
+    } catch (...) {
+        return failed("it threw something that is not a std::exception", {}, true);
+    }
+    const detail::conninfo_vocabulary& vocab = detail::libpq_vocabulary();
+    auto set = [&](const std::string& keyword, const std::string& value) {
+        const auto at = std::find(keywords.begin(), keywords.end(), keyword);
+        if (at == keywords.end()) {
+            keywords.push_back(keyword);
+            values.push_back(value);
+        } else {
+            values[static_cast<std::size_t>(at - keywords.begin())] = value;
+        }
+        if (vocab.is_secret(keyword)) s.secrets.push_back(value);
+    };
+    s.secrets.clear();
+    s.password_supplied = !c.password.empty();
+    if (s.password_supplied) set("password", c.password);
+    for (const auto& [keyword, value] : c.parameters) {
+        if (keyword == "host" || keyword == "hostaddr" || keyword == "port" || keyword == "service" ||
+            keyword == "target_session_attrs") {
+            refuse(s, "the credentials callable gave " + keyword +
+                          ", which only the connection string may set (it decides which hosts are tried)",
+                   {}, false, true);
+            return false;
+        }
+        if (!vocab.is_keyword(keyword)) {
+            refuse(s, "the credentials callable gave \"" + keyword + "\", which is not a connection keyword", {},
+                   false, true);
+            return false;
+        }
+        set(keyword, value);
+    }
+    supplied_->add(s.secrets);
+    return true;
+}
+
 inline void libpq_connector::start_target(state& s) const {
     const detail::connect_target& t = plan_[s.target];
+    std::vector<std::string> owned_keywords, owned_values; // with credentials only
+    const std::vector<std::string>* kw = &t.keywords;
+    const std::vector<std::string>* val = &t.values;
+    if (options_.credentials) {
+        owned_keywords = t.keywords;
+        owned_values = t.values;
+        if (!fetch_credentials(s, owned_keywords, owned_values)) return;
+        kw = &owned_keywords;
+        val = &owned_values;
+    }
     std::vector<const char*> keywords, values;
-    keywords.reserve(t.keywords.size() + 1);
-    values.reserve(t.values.size() + 1);
-    for (std::size_t i = 0; i < t.keywords.size(); ++i) {
-        keywords.push_back(t.keywords[i].c_str());
-        values.push_back(t.values[i].c_str());
+    keywords.reserve(kw->size() + 1);
+    values.reserve(val->size() + 1);
+    for (std::size_t i = 0; i < kw->size(); ++i) {
+        keywords.push_back((*kw)[i].c_str());
+        values.push_back((*val)[i].c_str());
     }
     keywords.push_back(nullptr);
     values.push_back(nullptr);
@@ -507,7 +658,13 @@ inline void libpq_connector::refuse_with_libpq_text(state& s, std::string_view t
     // documented "authentication failed: the remaining hosts are not
     // tried"), unless it is only not ready yet (57P03, a standby starting up).
     const bool ends_attempt = needs_password || (!f.sqlstate.empty() && f.sqlstate != "57P03");
-    refuse(s, scrubbed(std::move(f.text)), std::move(f.sqlstate), f.transient, ends_attempt);
+    // A password the credentials callable gave that the server refuses may
+    // have rotated since: the next attempt asks the callable again.
+    if (s.password_supplied && f.sqlstate == "28P01") {
+        f.transient = true;
+        f.text += " (the password came from libpq_options::credentials: retried, in case it has just changed)";
+    }
+    refuse(s, scrubbed(s, std::move(f.text)), std::move(f.sqlstate), f.transient, ends_attempt);
 }
 
 inline void libpq_connector::refuse_setup(state& s) const {
@@ -516,7 +673,7 @@ inline void libpq_connector::refuse_setup(state& s) const {
     if (r.outcome == detail::exec_outcome::timeout)
         what += "timed out after " + detail::show_ms(options_.io_timeout);
     else
-        what += scrubbed(r.message);
+        what += scrubbed(s, r.message);
     if (r.sqlstate[0]) what += std::string(" (SQLSTATE ") + r.sqlstate + ")";
     // The server refused the statement: a retry will not change its mind, and
     // another host will not either. A connection lost or too slow on the way

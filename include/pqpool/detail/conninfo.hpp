@@ -419,11 +419,14 @@ inline constexpr conninfo_default tcp_defaults_list[] = {
     {"keepalives_count", "3"},    {"tcp_user_timeout", "30000"},
 };
 
-// One libpq connection of an attempt: the keywords for PQconnectStartParams
-// and the name of its host for messages ("127.0.0.1:5432").
+// One libpq connection of an attempt: the keywords for PQconnectStartParams,
+// the name of its host for messages ("127.0.0.1:5432"), and its host, address
+// and port as given (a credentials callable is told which host it is for; with
+// a service file or a single libpq connection, the whole lists).
 struct connect_target {
     std::vector<std::string> keywords, values;
     std::string label;
+    std::string host, hostaddr, port;
 };
 
 inline std::string host_label(std::string_view host, std::string_view hostaddr, std::string_view port) {
@@ -468,6 +471,9 @@ inline std::vector<connect_target> plan_connects(const parsed_conninfo& ci, cons
             }
     if (!split) {
         base.label = host_label(host, hostaddr, port);
+        base.host = host;
+        base.hostaddr = hostaddr;
+        base.port = port;
         return {base};
     }
 
@@ -488,6 +494,9 @@ inline std::vector<connect_target> plan_connects(const parsed_conninfo& ci, cons
                 t.values.push_back(*v);
             }
             t.label = host_label(h, a, p);
+            t.host = h;
+            t.hostaddr = a;
+            t.port = p;
             plan.push_back(std::move(t));
         }
     }
@@ -511,13 +520,18 @@ inline std::string quote_conninfo_value(std::string_view v) {
 // compiled-in defaults included (a service file can set anything, so with a
 // service only what was given explicitly is shown); a default host (the Unix
 // socket directory) is left out. Never a secret.
+// A keyword's value as libpq would use it: given, else from the environment
+// or libpq's compiled-in default (not with a service file, which can set
+// anything); empty when none.
+inline std::string resolved_value(const parsed_conninfo& ci, const libpq_defaults& env, std::string_view keyword) {
+    if (const std::string* v = ci.get(keyword)) return *v;
+    if (const std::string* v = ci.get("service") ? nullptr : env.get(keyword)) return *v;
+    return {};
+}
+
 inline std::string describe(const parsed_conninfo& ci, const libpq_defaults& env) {
     const bool service = ci.get("service") != nullptr;
-    auto resolved = [&](std::string_view kw) -> std::string {
-        if (const std::string* v = ci.get(kw)) return *v;
-        if (const std::string* v = service ? nullptr : env.get(kw)) return *v;
-        return {};
-    };
+    auto resolved = [&](std::string_view kw) { return resolved_value(ci, env, kw); };
     std::string out;
     auto add = [&](std::string_view kw, const std::string& v) {
         if (v.empty()) return;

@@ -1,0 +1,139 @@
+// libpq_options::credentials without a server: the callable is asked once per
+// host tried, with that host; what it gives replaces the connection string's;
+// its failures are connect_errors with its message and none of its secrets.
+// (Against a real server, and a password rotating under load:
+// tests/integration/credentials_test.cpp.)
+
+#include "catch.hpp"
+#include "sockets.hpp"
+
+#include <pqpool/connector/libpq.hpp>
+
+#include <chrono>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+using namespace pqpool;
+using namespace std::chrono_literals;
+
+namespace {
+
+using test::net::closed_port;
+
+struct seen_host {
+    std::string host, hostaddr, port, dbname, user;
+};
+
+std::string connect_failure(const libpq_connector& c) {
+    try {
+        c.connect(libpq_connector::clock::now() + 10s);
+    } catch (const connect_error& e) {
+        return e.what();
+    }
+    FAIL("connected to a closed port");
+    return {};
+}
+
+} // namespace
+
+TEST_CASE("credentials: asked once per host tried, with that host, the database and the user",
+          "[unit][libpq][credentials]") {
+    const std::string p1 = std::to_string(closed_port()), p2 = std::to_string(closed_port());
+    std::vector<seen_host> seen;
+    const libpq_connector c{"host=127.0.0.1,localhost hostaddr=127.0.0.1,127.0.0.1 port=" + p1 + "," + p2 +
+                                " user=app_user",
+                            {.credentials = [&](const connect_host& h) {
+                                seen.push_back({std::string(h.host), std::string(h.hostaddr), std::string(h.port),
+                                                std::string(h.dbname), std::string(h.user)});
+                                return connect_credentials{.password = "Zt4-secret-" + std::to_string(seen.size())};
+                            }}};
+    const std::string msg = connect_failure(c);
+    REQUIRE(seen.size() == 2);
+    CHECK(seen[0].host == "127.0.0.1");
+    CHECK(seen[0].port == p1);
+    CHECK(seen[1].host == "localhost");
+    CHECK(seen[1].hostaddr == "127.0.0.1");
+    CHECK(seen[1].port == p2);
+    for (const seen_host& h : seen) {
+        CHECK(h.user == "app_user");
+        CHECK(h.dbname == "app_user"); // libpq's rule: the database defaults to the user
+    }
+    CHECK_THAT(msg, Catch::Contains("host 127.0.0.1 (127.0.0.1):" + p1) && Catch::Contains("host localhost (127.0.0.1):" + p2));
+    CHECK(msg.find("Zt4") == std::string::npos);
+    // Each connect asks again.
+    connect_failure(c);
+    CHECK(seen.size() == 4);
+}
+
+TEST_CASE("credentials: a callable that fails fails the connect with its message, never its secrets",
+          "[unit][libpq][credentials]") {
+    const std::string port = std::to_string(closed_port());
+    int calls = 0;
+    const libpq_connector c{"host=127.0.0.1 port=" + port + " user=u password=Zc1-static",
+                            {.credentials = [&](const connect_host&) -> connect_credentials {
+                                if (++calls == 1) return {.password = "Zc1-token-AAAA"};
+                                throw std::runtime_error("the token Zc1-token-AAAA has expired, and Zc1-static too");
+                            }}};
+    connect_failure(c); // refused port; the callable gave a token
+    connect_error failure{"", "", false};
+    try {
+        c.connect(libpq_connector::clock::now() + 10s);
+        FAIL("connected");
+    } catch (const connect_error& e) {
+        failure = e;
+    }
+    const std::string msg = failure.what();
+    CAPTURE(msg);
+    CHECK_THAT(msg, Catch::Contains("the credentials callable failed: the token *** has expired, and *** too"));
+    CHECK(msg.find("Zc1") == std::string::npos);
+    CHECK(failure.transient()); // a secrets store that did not answer may answer next time
+
+    // Its own connect_error keeps its transience; a config_error is not transient.
+    for (bool transient : {true, false}) {
+        const libpq_connector d{"host=127.0.0.1 port=" + port,
+                                {.credentials = [&](const connect_host&) -> connect_credentials {
+                                    throw connect_error("vault sealed", "", transient);
+                                }}};
+        try {
+            d.connect(libpq_connector::clock::now() + 10s);
+        } catch (const connect_error& e) {
+            CHECK(e.transient() == transient);
+            CHECK_THAT(e.what(), Catch::Contains("the credentials callable failed: vault sealed"));
+        }
+    }
+    const libpq_connector e{"host=127.0.0.1 port=" + port, {.credentials = [](const connect_host&) -> connect_credentials {
+                                throw config_error("no such secret");
+                            }}};
+    try {
+        e.connect(libpq_connector::clock::now() + 10s);
+    } catch (const connect_error& err) {
+        CHECK_FALSE(err.transient());
+    }
+}
+
+TEST_CASE("credentials: what the callable gives replaces the connection string's, within limits",
+          "[unit][libpq][credentials]") {
+    const std::string port = std::to_string(closed_port());
+    auto with = [&](connect_credentials given) {
+        return libpq_connector{"host=127.0.0.1 port=" + port + " user=u",
+                               {.credentials = [given](const connect_host&) { return given; }}};
+    };
+    // Keywords that would change which hosts are tried, and words that are no keyword, end the attempt.
+    for (const char* keyword : {"host", "hostaddr", "port", "service", "target_session_attrs"}) {
+        CAPTURE(keyword);
+        const std::string msg = connect_failure(with({.parameters = {{keyword, "x"}}}));
+        CHECK_THAT(msg, Catch::Contains(std::string("the credentials callable gave ") + keyword +
+                                        ", which only the connection string may set"));
+    }
+    CHECK_THAT(connect_failure(with({.parameters = {{"passwrod", "x"}}})),
+               Catch::Contains("the credentials callable gave \"passwrod\", which is not a connection keyword"));
+    // What it gives as a password or another secret is scrubbed from libpq's text like a password given in
+    // the connection string (here a secret that happens to be a word of libpq's message).
+    const std::string msg = connect_failure(with({.password = "Zp2-pw", .parameters = {{"sslpassword", "refused"},
+                                                                                         {"user", "other_user"}}}));
+    CHECK_THAT(msg, Catch::Contains("Connection ***"));
+    CHECK(msg.find("refused") == std::string::npos);
+    CHECK(msg.find("Zp2") == std::string::npos);
+}
