@@ -64,7 +64,7 @@ elseif(STEP STREQUAL "pkg-config")
   endif()
   execute_process(COMMAND pkg-config --cflags --libs pqpool OUTPUT_VARIABLE flags OUTPUT_STRIP_TRAILING_WHITESPACE
                   COMMAND_ERROR_IS_FATAL ANY)
-  foreach(needed "-I${PREFIX}/share/pkgconfig/../../include" "-pthread" "-lpq")
+  foreach(needed "-I${PREFIX}/share/pkgconfig/../../include" "-pthread" "-lpq" "-lcrypto")
     string(FIND " ${flags} " " ${needed} " at)
     if(at EQUAL -1)
       message(FATAL_ERROR "pkg-config --cflags --libs pqpool gives '${flags}': no ${needed}")

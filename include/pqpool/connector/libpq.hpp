@@ -25,6 +25,7 @@
 #include <pqpool/detail/fork_gate.hpp>
 #include <pqpool/detail/libpq_io.hpp>
 #include <pqpool/detail/redact.hpp>
+#include <pqpool/detail/tls_files.hpp>
 #include <pqpool/error.hpp>
 
 #include <libpq-fe.h>
@@ -504,6 +505,7 @@ inline libpq_connector::libpq_connector(std::string_view conninfo_or_uri, libpq_
     options_.check();
     detail::parsed_conninfo ci = detail::parse_conninfo(conninfo_or_uri);
     detail::check_conninfo(ci);
+    detail::check_tls_files(ci);
     const detail::libpq_defaults env = detail::libpq_defaults::read();
     connect_timeout_ = detail::resolve_connect_timeout(ci, env, options_.connect_timeout);
     plan_ = detail::plan_connects(ci, env);
