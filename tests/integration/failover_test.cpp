@@ -281,3 +281,42 @@ TEST_CASE("failover: writes through run() survive the promotion of the standby, 
     reads.maintain();
     CHECK(primary.backends_named("failover_r") == static_cast<int>(reads.stats().size));
 }
+
+TEST_CASE("failover: target_session_attrs on a real primary and standby picks the server libpq 15 documents, in "
+          "either order, and a refusal names each host and why",
+          "[integration][failover]") {
+    auto [a, b] = pair_from_fixture();
+    const bool a_primary = !a.in_recovery();
+    const server& primary = a_primary ? a : b;
+    const server& standby = a_primary ? b : a;
+    struct expectation {
+        const char* attrs;
+        bool wants_standby; // else the primary; "any" takes the first host
+    };
+    for (const auto& [first, second] : {std::pair{&primary, &standby}, std::pair{&standby, &primary}}) {
+        for (const expectation& e : {expectation{"read-write", false}, expectation{"primary", false},
+                                     expectation{"read-only", true}, expectation{"standby", true},
+                                     expectation{"prefer-standby", true}, expectation{"any", first == &standby}}) {
+            CAPTURE(e.attrs, first->port());
+            const libpq_connector c{both(*first, *second, e.attrs, "failover_attrs")};
+            PGconn* h = c.connect(libpq_connector::clock::now() + 30s);
+            REQUIRE(h);
+            CHECK(query(h, "SELECT inet_server_port()") == (e.wants_standby ? standby.port() : primary.port()));
+            c.close(h);
+        }
+    }
+    // Only the standby listed, twice: a read-write pool is refused by each, and told why.
+    const libpq_connector c{both(standby, standby, "read-write", "failover_attrs")};
+    try {
+        c.connect(libpq_connector::clock::now() + 30s);
+        FAIL("a standby was taken for read-write");
+    } catch (const connect_error& e) {
+        const std::string msg = e.what();
+        CAPTURE(msg);
+        const std::string refusal = "host 127.0.0.1:" + standby.port() + ": session is read-only";
+        const std::size_t at = msg.find(refusal);
+        REQUIRE(at != std::string::npos);
+        CHECK(msg.find(refusal, at + 1) != std::string::npos);
+        CHECK(e.transient()); // a promotion may come
+    }
+}
