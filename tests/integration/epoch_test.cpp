@@ -40,6 +40,13 @@ std::string sqlstate_of(PGconn* c, const char* sql) {
     return out;
 }
 
+bool succeeds(PGconn* c, const char* sql) {
+    PGresult* r = PQexec(c, sql);
+    const bool ok = PQresultStatus(r) == PGRES_TUPLES_OK || PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    return ok;
+}
+
 int backend_of(PGconn* c) { return PQbackendPID(c); }
 
 void terminate(admin& a, int pid) {
@@ -70,6 +77,23 @@ TEST_CASE("epoch: a FATAL 57P01 sent to an idle connection moves the epoch, and 
     CHECK(query(l.get(), "SELECT 1") == "1");
     CHECK(p.stats() == pool_stats{.size = 1, .in_use = 1, .epoch = 1});
     CHECK(adm.settled_count(app, 1) == 1); // b and c were closed, not left on the server
+}
+
+TEST_CASE("epoch: two connections that see the same event move the epoch once", "[integration][epoch]") {
+    probe_pool p{sandbox::get().tls(), overflow::fixed{.size = 3, .wait = 10s}};
+    auto a = p.acquire(), b = p.acquire();
+    admin adm;
+    terminate(adm, backend_of(a.get()));
+    terminate(adm, backend_of(b.get()));
+    CHECK_FALSE(succeeds(a.get(), "SELECT 1")); // its FATAL 57P01 moves it: a was opened in epoch 0
+    CHECK(p.stats().epoch == 1);
+    CHECK_FALSE(succeeds(b.get(), "SELECT 1")); // the same event, seen late: no second move
+    CHECK(p.stats().epoch == 1);
+    a.release();
+    b.release();
+    auto fresh = p.acquire(); // opened in epoch 1
+    CHECK(query(fresh.get(), "SELECT 1") == "1");
+    CHECK(p.stats().epoch == 1);
 }
 
 TEST_CASE("epoch: an idle session timeout (57P05) retires only its own connection", "[integration][epoch]") {

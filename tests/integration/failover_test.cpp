@@ -10,7 +10,8 @@
 //   (2 s) plus the backoff cap (0.5 s), and the time to reopen the pool's 8
 //   connections two at a time on a loaded machine under sanitizers;
 // - no write ever meets a read-only server (25006);
-// - no connection to the stopped primary is handed out after the epoch moved:
+// - no connection to the stopped primary is handed out after the epoch moved (the pool
+//   keeps twice as many connections as threads, all idle at times):
 //   each writing thread loses at most the one operation it had in flight;
 // - the writes counted by the threads are the rows on the new primary, and
 //   the pool's connections are the new primary's backends of its name (none
@@ -139,10 +140,17 @@ TEST_CASE("failover: writes through run() survive the promotion of the standby, 
 
     constexpr int threads = 8;
     constexpr auto N = 5s;
-    // No validation: only the epoch keeps the stopped primary's idle connections from being handed out.
+    // No validation: only the epoch keeps the stopped primary's idle connections from being handed
+    // out. Twice as many connections as threads, all opened first: idle ones to spare, so that a
+    // thread whose retry were handed a stale connection would lose a second operation.
     using write_pool = pool<validation::none, recycling::none, overflow::fixed, observability::counters>;
-    write_pool writes{both(a, b, "read-write", "failover_w"), overflow::fixed{.size = threads, .wait = 30s},
+    write_pool writes{both(a, b, "read-write", "failover_w"), overflow::fixed{.size = 2 * threads, .wait = 30s},
                       retry::exponential_backoff{.attempts = 20, .base = 50ms, .cap = 500ms}};
+    {
+        std::vector<write_pool::lease> warm;
+        for (int i = 0; i < 2 * threads; ++i) warm.push_back(writes.acquire());
+    }
+    REQUIRE(writes.stats().idle == 2 * threads);
     // Reads prefer a standby. Its connections live 3.5-4 s: the one opened
     // first outlives the promotion (which it must notice), and the one opened
     // on the new primary then makes way for the new standby soon enough.

@@ -91,7 +91,7 @@ TEST_CASE("libpq_connector: the password role, right and wrong, key=value and UR
     }
     SECTION("no password at all: not transient, as PQconnectionNeedsPassword() says") {
         std::string ci = sbx().password_role("x");
-        ci.replace(ci.find(" password=x"), 11, " passfile=/dev/null");
+        ci.replace(ci.find(" password=x"), 11, " passfile=/nonexistent/pgpass");
         const libpq_connector c{ci};
         try {
             c.connect(in(10s));
