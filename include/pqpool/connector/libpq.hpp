@@ -256,11 +256,16 @@ public:
     /// or `keepalives_idle`), naming the keyword, the value and what is
     /// allowed; a `connect_timeout` keyword that disagrees with
     /// `libpq_options::connect_timeout`; an `sslrootcert`, `sslcert` or
-    /// `sslkey` file that does not exist or cannot be read; and what
+    /// `sslkey` file that does not exist or cannot be read, and (unless
+    /// `sslmode=disable`) one that OpenSSL finds wrong: not PEM (a key may
+    /// also be DER), a certificate expired or not yet valid (a root bundle:
+    /// none valid), a key that does not match `sslcert` or cannot be
+    /// decrypted with `sslpassword`, a key file with permissions libpq refuses
+    /// (each names the file and the problem); and what
     /// `libpq_options::check` refuses. No message quotes a password. Cost: a
     /// parse, `PQconndefaults` (which looks up the user's name), a few
-    /// `stat`/`open` calls that never wait (a FIFO is not waited on); no
-    /// network I/O.
+    /// `stat`/`open`/`read` calls that never wait (a FIFO is not waited on or
+    /// read), OpenSSL's parse of the files named; no network I/O.
     explicit libpq_connector(std::string_view conninfo_or_uri, libpq_options options = {});
 
     /// Starts `a` if it is empty, then drives it until the connection is
