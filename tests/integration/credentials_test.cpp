@@ -220,7 +220,8 @@ TEST_CASE("credentials: a password rotated every second under a churning pool co
     CHECK(failures.empty());
     for (const std::string& f : failures) INFO(f);
     CHECK(rotations >= static_cast<int>(length.count()) - 2);
-    CHECK(p.observer().count(event::connected) >= 5 * static_cast<std::uint64_t>(length.count())); // churned
+    // Churned: about 25 connects a second here, 5 under ThreadSanitizer on two busy cores; 2 is the floor.
+    CHECK(p.observer().count(event::connected) >= 2 * static_cast<std::uint64_t>(length.count()));
     CHECK(operations > 0);
     CHECK(direct_operations >= length.count()); // it did connect again and again
     // The connections of the first password still work.

@@ -137,3 +137,26 @@ TEST_CASE("credentials: what the callable gives replaces the connection string's
     CHECK(msg.find("refused") == std::string::npos);
     CHECK(msg.find("Zp2") == std::string::npos);
 }
+
+TEST_CASE("credentials: merging what the callable gave into a host's keywords", "[unit][libpq][credentials]") {
+    const auto& vocab = detail::libpq_vocabulary();
+    std::vector<std::string> keywords{"host", "user", "password", "sslmode"}, values{"db", "app", "old", "require"};
+    std::vector<std::string> secrets;
+    CHECK_FALSE(detail::merge_credentials({.password = "Zm1-new", .parameters = {{"user", "app_v2"},
+                                                                                 {"sslpassword", "Zm1-key"},
+                                                                                 {"application_name", "x"}}},
+                                          vocab, keywords, values, secrets));
+    CHECK(keywords == std::vector<std::string>{"host", "user", "password", "sslmode", "sslpassword", "application_name"});
+    CHECK(values == std::vector<std::string>{"db", "app_v2", "Zm1-new", "require", "Zm1-key", "x"});
+    CHECK(secrets == std::vector<std::string>{"Zm1-new", "Zm1-key"}); // what is scrubbed from messages
+    // No password given: the connection string's stays.
+    CHECK_FALSE(detail::merge_credentials({}, vocab, keywords, values, secrets));
+    CHECK(values[2] == "Zm1-new");
+    // A refused keyword leaves everything as it was.
+    const auto before = values;
+    CHECK(detail::merge_credentials({.password = "Zm1-other", .parameters = {{"port", "1"}}}, vocab, keywords,
+                                    values, secrets)
+              .value_or("")
+              .find("only the connection string may set") != std::string::npos);
+    CHECK(values == before);
+}

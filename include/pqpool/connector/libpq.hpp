@@ -17,6 +17,7 @@
 /// (see `continue_connect`).
 
 #include <pqpool/connector/concept.hpp>
+#include <pqpool/connector/credentials.hpp>
 #include <pqpool/deadline.hpp>
 #include <pqpool/detail/check.hpp>
 #include <pqpool/detail/conninfo.hpp>
@@ -39,7 +40,6 @@
 #include <exception>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -47,32 +47,6 @@
 #include <vector>
 
 namespace pqpool {
-
-/// The host a connect is about to try, as a credentials callable sees it
-/// (the views are valid during the call only).
-struct connect_host {
-    /// The host name (or Unix socket directory) as given; empty for libpq's
-    /// default. With a `service`, or a single libpq connection, the whole list.
-    std::string_view host{};
-    std::string_view hostaddr{}; ///< The numeric address as given, or empty.
-    std::string_view port{};     ///< As given, or empty (libpq's default: 5432).
-    std::string_view dbname{};   ///< As libpq will use it (given, environment, or the user's name).
-    std::string_view user{};     ///< As libpq will use it (given, environment, or the login name).
-};
-
-/// What a credentials callable supplies for one connect.
-struct connect_credentials {
-    /// The password for this connect; replaces the connection string's.
-    /// Empty: none from here (the connection string's, or libpq's password
-    /// file, as usual).
-    std::string password{};
-    /// Further connection parameters for this connect, as keyword and value
-    /// (`{"user", "app_v2"}`, `{"sslpassword", …}`, `{"options", …}`); each
-    /// replaces the connection string's. Not allowed: `host`, `hostaddr`,
-    /// `port`, `service` and `target_session_attrs` (which hosts are tried,
-    /// and how, is the connection string's business).
-    std::vector<std::pair<std::string, std::string>> parameters{};
-};
 
 /// The run-time settings of a `libpq_connector`.
 struct libpq_options {
@@ -160,29 +134,6 @@ struct libpq_attempt_state {
 // The connector's failure-message path without a server (refusals built from
 // a given libpq text): declared here, defined only by tests (tests/fuzz).
 struct libpq_connector_access;
-
-// The secrets a credentials callable supplied lately, so that its own error
-// messages (which may quote an old token) are scrubbed of them too.
-class recent_secrets {
-public:
-    void add(const std::vector<std::string>& secrets) {
-        const std::lock_guard lock(m_);
-        for (const std::string& s : secrets) {
-            if (s.empty() || std::find(kept_.begin(), kept_.end(), s) != kept_.end()) continue;
-            if (kept_.size() == capacity) kept_.erase(kept_.begin());
-            kept_.push_back(s);
-        }
-    }
-    void scrub(std::string& text) const {
-        const std::lock_guard lock(m_);
-        scrub_tokens(text, kept_);
-    }
-
-private:
-    static constexpr std::size_t capacity = 16;
-    mutable std::mutex m_;
-    std::vector<std::string> kept_;
-};
 
 } // namespace detail
 
@@ -552,34 +503,12 @@ inline bool libpq_connector::fetch_credentials(state& s, std::vector<std::string
     } catch (...) {
         return failed("it threw something that is not a std::exception", {}, true);
     }
-    const detail::conninfo_vocabulary& vocab = detail::libpq_vocabulary();
-    auto set = [&](const std::string& keyword, const std::string& value) {
-        const auto at = std::find(keywords.begin(), keywords.end(), keyword);
-        if (at == keywords.end()) {
-            keywords.push_back(keyword);
-            values.push_back(value);
-        } else {
-            values[static_cast<std::size_t>(at - keywords.begin())] = value;
-        }
-        if (vocab.is_secret(keyword)) s.secrets.push_back(value);
-    };
     s.secrets.clear();
     s.password_supplied = !c.password.empty();
-    if (s.password_supplied) set("password", c.password);
-    for (const auto& [keyword, value] : c.parameters) {
-        if (keyword == "host" || keyword == "hostaddr" || keyword == "port" || keyword == "service" ||
-            keyword == "target_session_attrs") {
-            refuse(s, "the credentials callable gave " + keyword +
-                          ", which only the connection string may set (it decides which hosts are tried)",
-                   {}, false, true);
-            return false;
-        }
-        if (!vocab.is_keyword(keyword)) {
-            refuse(s, "the credentials callable gave \"" + keyword + "\", which is not a connection keyword", {},
-                   false, true);
-            return false;
-        }
-        set(keyword, value);
+    if (std::optional<std::string> refused =
+            detail::merge_credentials(c, detail::libpq_vocabulary(), keywords, values, s.secrets)) {
+        refuse(s, std::move(*refused), {}, false, true);
+        return false;
     }
     supplied_->add(s.secrets);
     return true;
