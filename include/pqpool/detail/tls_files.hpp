@@ -128,7 +128,7 @@ inline std::string date_problem(X509* x) {
 // sslrootcert: PEM certificates (and CRLs), as libpq loads them into its
 // trust store. A bundle is refused when none of its certificates is valid now
 // (system bundles carry a few expired roots; one valid one may be the one).
-inline void check_root(const std::string& path) {
+[[gnu::cold]] inline void check_root(const std::string& path) {
     const auto bytes = read_regular("sslrootcert", path);
     if (!bytes) return;
     bio_ptr bio = memory_bio(*bytes);
@@ -156,7 +156,7 @@ inline void check_root(const std::string& path) {
 }
 
 // sslcert: the client certificate comes first (a chain may follow).
-inline x509_ptr check_client_certificate(const std::string& path) {
+[[gnu::cold]] inline x509_ptr check_client_certificate(const std::string& path) {
     const auto bytes = read_regular("sslcert", path);
     if (!bytes) return nullptr;
     bio_ptr bio = memory_bio(*bytes);
@@ -170,7 +170,7 @@ inline x509_ptr check_client_certificate(const std::string& path) {
 // libpq (14 and later) refuses a key file that others may read: owned by the
 // user, at most u=rw (0600); owned by root, at most u=rw,g=r (0640). A file
 // owned by someone else is not checked.
-inline void check_key_permissions(const std::string& path) {
+[[gnu::cold]] inline void check_key_permissions(const std::string& path) {
     struct stat st {};
     if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return;
     const bool refused = (st.st_uid == ::geteuid() && (st.st_mode & (S_IRWXG | S_IRWXO)) != 0) ||
@@ -199,7 +199,7 @@ inline int give_password(char* buf, int size, int, void* u) {
 
 // sslkey: PEM, else DER, as libpq reads it; an encrypted PEM key with
 // sslpassword. The messages never show the password.
-inline pkey_ptr check_key(const std::string& path, const std::string* sslpassword) {
+[[gnu::cold]] inline pkey_ptr check_key(const std::string& path, const std::string* sslpassword) {
     check_key_permissions(path);
     const auto bytes = read_regular("sslkey", path);
     if (!bytes) return nullptr;
@@ -222,7 +222,9 @@ inline pkey_ptr check_key(const std::string& path, const std::string* sslpasswor
 
 // The checks above, for the files the connection string names (not with
 // sslmode=disable, where libpq reads none of them). Throws config_error.
-inline void check_tls_files(const parsed_conninfo& ci) {
+// Cold: run once per connector, so compiled for size (every translation unit
+// that builds a connector compiles them).
+[[gnu::cold]] inline void check_tls_files(const parsed_conninfo& ci) {
     const std::string* mode = ci.get("sslmode");
     if (mode && *mode == "disable") return;
     tls::error_queue_guard clean;
