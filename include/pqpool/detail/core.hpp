@@ -862,20 +862,21 @@ private:
     // dequeue()).
     void wait_in_line(std::unique_lock<typename Concurrency::mutex_type>& lock, waiter& w, time_point until) {
         if constexpr (Concurrency::can_wait) {
+            const std::chrono::nanoseconds spin = spin_for(w);
             enqueue(&w);
             ++waiting_;
             pass_permit(); // a parked chain or a free slot may be waiting for exactly this waiter
-            // A caller waiting out its own connect's backoff (milliseconds) does not spin.
-            const std::chrono::nanoseconds spin =
-                w.holds_chain ? std::chrono::nanoseconds{} : spin_gauge_.budget(concurrency_.max_spin());
             if constexpr (Concurrency::fifo) {
                 w.slot.wait(lock, spin, until, spin_gauge_);
             } else {
                 // Barging: overtaken until its patience runs out; then the next
                 // connection returned is handed to it.
                 const time_point patient = std::min(until, saturating_add(clock::now(), concurrency_.max_patience()));
-                for (;;) {
-                    w.slot.wait(lock, spin, w.starving ? until : patient, spin_gauge_);
+                for (bool nudged_before = false;; nudged_before = true) {
+                    // After a nudge it lost, a waiter sleeps: spinning again would
+                    // take the CPU from the holders it waits for.
+                    w.slot.wait(lock, nudged_before ? std::chrono::nanoseconds{} : spin, w.starving ? until : patient,
+                                spin_gauge_);
                     if (!lock.owns_lock()) {
                         if (w.slot.state() != waiter::nudged) return; // served
                         lock.lock();
@@ -904,6 +905,19 @@ private:
         } else {
             (void)lock, (void)w, (void)until;
         }
+    }
+
+    // Under the lock, before `w` queues: how long it may spin for a hand-over.
+    // Only a caller that the connections in use could reach soon spins (the
+    // one at the front of the line when one connection is in use), and no
+    // more at once than half the CPUs, since a spinner takes a CPU from the
+    // holders it waits for; and not one waiting out its own connect's backoff
+    // (milliseconds).
+    std::chrono::nanoseconds spin_for(const waiter& w) const noexcept {
+        static const std::size_t half_the_cpus = std::max(1u, std::thread::hardware_concurrency() / 2);
+        const std::size_t ahead = w.first ? 0 : waiting_;
+        if (w.holds_chain || ahead >= std::min(in_use_, half_the_cpus)) return {};
+        return spin_gauge_.budget(concurrency_.max_spin());
     }
 
     // Barging, under the lock: a connection is idle while callers wait. Nudge

@@ -104,8 +104,11 @@ private:
     std::atomic<std::int64_t> average_ns_{0};
 };
 
-// Spins until done() or `budget` has passed since `start`; reads the clock
-// once every few pauses (a read costs more than a pause on some machines).
+// Spins until done() or `budget` has passed since `start`: pauses for the
+// first couple of microseconds, then yields the CPU between looks (on a busy
+// machine the thread it waits for may need this CPU to get anywhere); reads
+// the clock once every few pauses (a read costs more than a pause on some
+// machines).
 template <class Done>
 bool spin_until(Done done, std::chrono::steady_clock::time_point start, std::chrono::nanoseconds budget) noexcept {
     for (;;) {
@@ -113,7 +116,9 @@ bool spin_until(Done done, std::chrono::steady_clock::time_point start, std::chr
             if (done()) return true;
             cpu_relax();
         }
-        if (std::chrono::steady_clock::now() - start >= budget) return done();
+        const auto spent = std::chrono::steady_clock::now() - start;
+        if (spent >= budget) return done();
+        if (spent > std::chrono::microseconds{2}) std::this_thread::yield();
     }
 }
 
