@@ -235,7 +235,7 @@ enum class slot_state : unsigned char { waiting, served };
 using slot = detail::handoff<slot_state, slot_state::waiting>;
 } // namespace
 
-TEST_CASE("detail::handoff: an outcome reaches a spinning waiter and a sleeping one; a timeout returns locked",
+TEST_CASE("detail::handoff: an outcome reaches a spinning waiter and a sleeping one, and a wait that ends returns locked",
           "[concurrency]") {
     detail::pool_lock lock;
     detail::spin_gauge gauge;
