@@ -155,7 +155,7 @@ public:
     /// `connect_error` (when opening one failed after retries and no
     /// connection in use could come back), `closed_error` (closed, destroyed
     /// meanwhile, or moved from).
-    /// Complexity: with null policies, one lock and a vector pop.
+    /// Complexity: with null policies, one lock and a stack pop.
     lease acquire(source_location_type where = source_location_type::current()) {
         if (!core_) [[unlikely]]
             throw_moved_from();
