@@ -595,12 +595,11 @@ private:
             return close_reason::recycled;
     }
 
-    // Why a returned connection was closed instead of kept. (The requires
-    // clauses here and on look_for_leaks keep an explicit instantiation of a
-    // silent pool, as src.hpp makes of pool<>, from compiling them.)
-    close_reason returned_reason(const info& c, time_point now) const noexcept
-        requires(!obs_silent)
-    {
+    // Why a returned connection was closed instead of kept. (A template, as
+    // look_for_leaks is: an explicit instantiation of a pool whose records
+    // lack the fields they read, as src.hpp makes of pool<>, leaves them out.)
+    template <class Info = info>
+    close_reason returned_reason(const Info& c, time_point now) const noexcept {
         if (c.marked_broken) return close_reason::broken;
         if (!current_epoch(c) || !recycling_.keep_on_acquire(c, now)) return retire_reason(c, now);
         return close_reason::reset_failed; // kept by the limits, refused by the reset
@@ -678,9 +677,8 @@ private:
 
     // On the pool's own calls: at most once per threshold / 8 (one relaxed
     // load otherwise), report the leases out longer than the threshold.
-    void look_for_leaks(time_point now) noexcept
-        requires tracks_leaks
-    {
+    template <class = void>
+    void look_for_leaks(time_point now) noexcept {
         const auto t = now.time_since_epoch().count();
         auto due = leaks_.next_look.load(std::memory_order_relaxed);
         if (t < due) return;
