@@ -31,14 +31,16 @@ TEST_CASE("concurrency::single_thread never waits: a full pool throws exhausted_
 namespace {
 using waiting_policies = std::tuple<concurrency::mutex, concurrency::barging>;
 
-// A thread that waits up to 5 s for a connection (then sets `served`), once it is in line.
+// A thread that waits up to 5 s for a connection (then sets `served`, and
+// holds it until `done`), once it is in line.
 template <class Pool>
-std::thread queue_one(Pool& pool, std::atomic<bool>& served) {
+std::thread queue_one(Pool& pool, std::atomic<bool>& served, const std::atomic<bool>& done) {
     const std::size_t before = pool.stats().waiting;
-    std::thread waiter([&pool, &served] {
+    std::thread waiter([&pool, &served, &done] {
         try {
             auto l = pool.acquire_for(5s);
             served = true;
+            while (!done) std::this_thread::yield(); // so that the test's own try sees it out, not idle
         } catch (const timeout_error&) {
         }
     });
@@ -123,13 +125,14 @@ TEST_CASE("concurrency::barging: a thread that returns a connection may take it 
     int barged = 0;
     for (int round = 0; round < 20; ++round) {
         auto held = pool.acquire();
-        std::atomic<bool> served{false};
-        std::thread waiter = queue_one(pool, served);
+        std::atomic<bool> served{false}, done{false};
+        std::thread waiter = queue_one(pool, served, done);
         held.release();
         if (auto again = pool.try_acquire()) {
             ++barged;
             CHECK(pool.stats().waiting == 1); // the waiter is still in line, not served
         }
+        done = true;
         waiter.join(); // the lease taken back was returned at the end of the if: the waiter gets it
         CHECK(served);
     }
@@ -178,12 +181,13 @@ TEST_CASE("concurrency::barging: a waiter past its patience gets the next connec
                                                            concurrency::barging{.spin = 0us, .patience = 20ms}};
     for (int round = 0; round < 3; ++round) {
         auto held = pool.acquire();
-        std::atomic<bool> served{false};
-        std::thread waiter = queue_one(pool, served);
+        std::atomic<bool> served{false}, done{false};
+        std::thread waiter = queue_one(pool, served, done);
         // Past its patience, with room for a slow wake-up on a loaded machine.
         std::this_thread::sleep_for(20ms + 300ms);
         held.release();
         const bool barged = pool.try_acquire().has_value(); // returned at once if it got one
+        done = true;
         waiter.join();
         CHECK_FALSE(barged);
         CHECK(served);

@@ -20,6 +20,12 @@
 #include <mutex>
 #include <thread>
 
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace pqpool::detail {
 
 // One "I am spinning" hint to the CPU (lets the sibling hyperthread run, and
@@ -33,11 +39,11 @@ inline void cpu_relax() noexcept {
 }
 
 // A lock for short critical sections. Uncontended: one compare-exchange to
-// lock, one exchange to unlock, no call into the C library. Contended: spins
-// briefly (the holder is likely to be done within a few hundred nanoseconds),
-// then sleeps in std::atomic::wait (a futex on Linux); unlock wakes one
-// sleeper only when one may be asleep. The classic three-state futex lock
-// (Drepper, "Futexes are tricky", mutex 3), as glibc's own lll_lock.
+// lock, one exchange to unlock, no call into the C library. Contended: the
+// thread sleeps at once on a futex (as glibc's own mutex does; spinning for
+// the lock keeps its cache line moving between CPUs while its holder would
+// rather go on), and unlock wakes one sleeper only when one may be asleep.
+// The classic three-state futex lock (Drepper, "Futexes are tricky", mutex 3).
 class pool_lock {
 public:
     pool_lock() noexcept = default;
@@ -46,38 +52,46 @@ public:
 
     void lock() noexcept {
         int expected = free;
-        if (!state_.compare_exchange_strong(expected, held, std::memory_order_acquire, std::memory_order_relaxed))
+        if (!state().compare_exchange_strong(expected, held, std::memory_order_acquire, std::memory_order_relaxed))
             [[unlikely]]
             lock_contended();
     }
     bool try_lock() noexcept {
         int expected = free;
-        return state_.compare_exchange_strong(expected, held, std::memory_order_acquire, std::memory_order_relaxed);
+        return state().compare_exchange_strong(expected, held, std::memory_order_acquire, std::memory_order_relaxed);
     }
     // Touches nothing of *this after the exchange but the futex address
     // itself, so a thread may unlock and another free the lock at once (as a
     // pool core deletes itself when the last count goes under its lock).
     void unlock() noexcept {
-        if (state_.exchange(free, std::memory_order_release) == contended) [[unlikely]]
-            state_.notify_one();
+        if (state().exchange(free, std::memory_order_release) == contended) [[unlikely]]
+            wake_one();
     }
 
 private:
     static constexpr int free = 0, held = 1, contended = 2; // contended: held, and someone may sleep
 
+    std::atomic_ref<int> state() noexcept { return std::atomic_ref<int>(state_); }
+
     [[gnu::noinline]] void lock_contended() noexcept {
-        for (int i = 0; i < 64; ++i) {
-            cpu_relax();
-            int expected = free;
-            if (state_.load(std::memory_order_relaxed) == free &&
-                state_.compare_exchange_weak(expected, held, std::memory_order_acquire, std::memory_order_relaxed))
-                return;
-        }
-        while (state_.exchange(contended, std::memory_order_acquire) != free)
-            state_.wait(contended, std::memory_order_relaxed);
+        while (state().exchange(contended, std::memory_order_acquire) != free) sleep_while_contended();
+    }
+    void sleep_while_contended() noexcept {
+#if defined(__linux__)
+        ::syscall(SYS_futex, &state_, FUTEX_WAIT_PRIVATE, contended, nullptr, nullptr, 0);
+#else
+        state().wait(contended, std::memory_order_relaxed);
+#endif
+    }
+    void wake_one() noexcept {
+#if defined(__linux__)
+        ::syscall(SYS_futex, &state_, FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+#else
+        state().notify_one();
+#endif
     }
 
-    std::atomic<int> state_{free};
+    alignas(std::atomic_ref<int>::required_alignment) int state_ = free; // only through state() and the futex
 };
 
 // How long a waiter spins before it sleeps, learned from how long waits have
