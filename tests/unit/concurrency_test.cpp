@@ -3,12 +3,15 @@
 #include "catch.hpp"
 #include "test_pool.hpp"
 
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <fstream>
+#include <string>
 #include <mutex>
 #include <thread>
 #include <tuple>
@@ -31,12 +34,24 @@ TEST_CASE("concurrency::single_thread never waits: a full pool throws exhausted_
 namespace {
 using waiting_policies = std::tuple<concurrency::mutex, concurrency::barging>;
 
+// Is thread `tid` of this process asleep (state S in /proc)?
+bool asleep(pid_t tid) {
+    std::ifstream stat("/proc/self/task/" + std::to_string(tid) + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    const auto after_name = line.rfind(')'); // the name may hold spaces
+    return after_name != std::string::npos && after_name + 2 < line.size() && line[after_name + 2] == 'S';
+}
+
 // A thread that waits up to 5 s for a connection (then sets `served`, and
-// holds it until `done`), once it is in line.
+// holds it until `done`), once it is in line and asleep (not still on its way
+// to sleep: then a wake-up would cost it nothing).
 template <class Pool>
 std::thread queue_one(Pool& pool, std::atomic<bool>& served, const std::atomic<bool>& done) {
     const std::size_t before = pool.stats().waiting;
-    std::thread waiter([&pool, &served, &done] {
+    std::atomic<pid_t> tid{0};
+    std::thread waiter([&pool, &served, &done, &tid] {
+        tid = static_cast<pid_t>(::syscall(SYS_gettid));
         try {
             auto l = pool.acquire_for(5s);
             served = true;
@@ -44,7 +59,7 @@ std::thread queue_one(Pool& pool, std::atomic<bool>& served, const std::atomic<b
         } catch (const timeout_error&) {
         }
     });
-    while (pool.stats().waiting == before) std::this_thread::yield();
+    while (pool.stats().waiting == before || !asleep(tid)) std::this_thread::yield();
     return waiter;
 }
 } // namespace
