@@ -27,8 +27,11 @@
 #include <pqpool/detail/fork_gate.hpp>
 #include <pqpool/detail/libpq_io.hpp>
 #include <pqpool/detail/redact.hpp>
-#include <pqpool/detail/tls_files.hpp>
 #include <pqpool/error.hpp>
+
+#if PQPOOL_DEFINITIONS // only the definitions check TLS files: OpenSSL's headers stay out of other units
+#include <pqpool/detail/tls_files.hpp>
+#endif
 
 #include <libpq-fe.h>
 
