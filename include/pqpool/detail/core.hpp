@@ -879,10 +879,10 @@ private:
                 for (bool nudged_before = false;; nudged_before = true) {
                     // After a nudge it lost, a waiter sleeps: spinning again would
                     // take the CPU from the holders it waits for.
-                    w.slot.wait(lock, nudged_before ? std::chrono::nanoseconds{} : spin, w.starving ? until : patient,
-                                spin_gauge_);
+                    const auto seen = w.slot.wait(lock, nudged_before ? std::chrono::nanoseconds{} : spin,
+                                                  w.starving ? until : patient, spin_gauge_);
                     if (!lock.owns_lock()) {
-                        if (w.slot.state() != waiter::nudged) return; // served
+                        if (seen != waiter::nudged) return; // served
                         lock.lock();
                         if (w.slot.state() != waiter::nudged) { // served since
                             lock.unlock();

@@ -168,28 +168,38 @@ public:
     void set(State s) noexcept { state_.store(s, std::memory_order_relaxed); }
 
     // The waiter, holding the pool's lock through `lock`: waits for an
-    // outcome until `until`, spinning for up to `spin` first. Returns with
-    // the lock released when an outcome came (and records in `gauge` how long
-    // it took to come: to a sleeping waiter, until it was published, since
-    // the wake-up is not what spinning would have waited for); with the lock
-    // held when none came by `until`.
+    // outcome until `until`, spinning for up to `spin` first. Returns the
+    // outcome it saw, with the lock released (and records in `gauge` how
+    // long it took to come: to a sleeping waiter, until it was published,
+    // since the wake-up is not what spinning would have waited for); or
+    // `Waiting`, with the lock held, when none came by `until`. The outcome
+    // returned is the one to act on: a later publish (barging: a waiter
+    // nudged, then served) may already have changed state(), and only under
+    // the pool's lock may the waiter look again.
     template <class Lock, class TimePoint>
-    void wait(Lock& lock, std::chrono::nanoseconds spin, TimePoint until, spin_gauge& gauge) {
-        if (state() != Waiting) {
+    State wait(Lock& lock, std::chrono::nanoseconds spin, TimePoint until, spin_gauge& gauge) {
+        State seen = state();
+        if (seen != Waiting) {
             lock.unlock();
-            return;
+            return seen;
         }
         const auto start = std::chrono::steady_clock::now();
-        const auto served = [&] { gauge.record(std::chrono::steady_clock::now() - start); };
-        const auto published = [&] { gauge.record(published_ - start); };
+        const auto served = [&] {
+            gauge.record(std::chrono::steady_clock::now() - start);
+            return seen;
+        };
+        const auto published = [&] {
+            gauge.record(published_ - start);
+            return seen;
+        };
         spinning_ = spin.count() > 0;
         if (spinning_) {
             lock.unlock();
-            if (spin_until([this] { return state_.load(std::memory_order_acquire) != Waiting; }, start, spin))
-                return served();
+            const auto came = [&] { return (seen = state_.load(std::memory_order_acquire)) != Waiting; };
+            if (spin_until(came, start, spin)) return served();
             lock.lock();
             spinning_ = false;
-            if (state() != Waiting) {
+            if ((seen = state()) != Waiting) {
                 lock.unlock();
                 return served();
             }
@@ -197,15 +207,17 @@ public:
         lock.unlock();
         {
             std::unique_lock guard(m_);
-            while (state_.load(std::memory_order_relaxed) == Waiting)
+            while ((seen = state_.load(std::memory_order_relaxed)) == Waiting)
                 if (cv_.wait_until(guard, until) == std::cv_status::timeout) break;
-            if (state_.load(std::memory_order_relaxed) != Waiting) return published();
+            seen = state_.load(std::memory_order_relaxed);
+            if (seen != Waiting) return published();
         }
         lock.lock();
-        if (state() != Waiting) { // published between the timeout and the lock
+        if ((seen = state()) != Waiting) { // published between the timeout and the lock
             lock.unlock();
             return published();
         }
+        return Waiting;
     }
 
 private:
