@@ -4,7 +4,8 @@
 // cancels start-up and tear-down. Deterministic evidence for "zero runtime
 // indirection": instructions per cycle of pqpool against the hand-written pool.
 //
-//   pqpool_bench_cycle_count ARM N      ARM: handwritten | null | null+single_thread | production |
+//   pqpool_bench_cycle_count ARM N      ARM: handwritten | null | null+barging | null+single_thread |
+//                                        production | production+barging |
 //                                        null+obs=counters | null+obs=histograms | null+obs=leak_detection |
 //                                        null+obs=sink | null+obs=all
 //
@@ -35,7 +36,10 @@ using null_mutex_pool =
     bench_pool<validation::none, recycling::none, overflow::fixed, retry::none, fork_safety::none>;
 using null_single_pool = bench_pool<validation::none, recycling::none, overflow::fixed, retry::none,
                                     fork_safety::none, concurrency::single_thread>;
+using null_barging_pool = bench_pool<validation::none, recycling::none, overflow::fixed, retry::none,
+                                     fork_safety::none, concurrency::barging>;
 using production_pool = bench_pool<overflow::fixed>; // pool<>'s defaults, fixed size 1
+using production_barging_pool = bench_pool<overflow::fixed, concurrency::barging>;
 
 // A sink that wants the rare events only (no lease events): nothing on the plain path.
 struct rare_events {
@@ -93,10 +97,14 @@ int main(int argc, char** argv) {
         handwritten(n);
     else if (arm == "null")
         pqpool_cycle<null_mutex_pool>(n);
+    else if (arm == "null+barging")
+        pqpool_cycle<null_barging_pool>(n);
     else if (arm == "null+single_thread")
         pqpool_cycle<null_single_pool>(n);
     else if (arm == "production")
         pqpool_cycle<production_pool>(n);
+    else if (arm == "production+barging")
+        pqpool_cycle<production_barging_pool>(n);
     else if (arm == "null+obs=counters")
         pqpool_cycle<null_obs_pool<obs::counters>>(n);
     else if (arm == "null+obs=histograms")

@@ -51,9 +51,12 @@ using null_single_pool = bench_pool<validation::none, recycling::none, overflow:
                                     fork_safety::none, concurrency::single_thread>;
 using null_mutex_pool =
     bench_pool<validation::none, recycling::none, overflow::fixed, retry::none, fork_safety::none>;
+using null_barging_pool = bench_pool<validation::none, recycling::none, overflow::fixed, retry::none,
+                                     fork_safety::none, concurrency::barging>;
 // The production combination (pool<>'s defaults) with a free connector: ping_if_idle's
 // probe and clock read, lifetime with jitter and reset on return, backoff, fork detection.
 using production_pool = bench_pool<overflow::fixed>;
+using production_barging_pool = bench_pool<overflow::fixed, concurrency::barging>;
 
 // The null pool with one observability policy, for its cost per cycle. The sink asks
 // for no lease events (as a log of the rare events, or observability::tls): it must
@@ -78,6 +81,7 @@ template <> [[maybe_unused]] constexpr std::string_view policy_name<validation::
 template <> [[maybe_unused]] constexpr std::string_view policy_name<fork_safety::none> = "fork=none";
 template <> [[maybe_unused]] constexpr std::string_view policy_name<fork_safety::detect> = "fork=detect";
 template <> [[maybe_unused]] constexpr std::string_view policy_name<concurrency::mutex> = "conc=mutex";
+template <> [[maybe_unused]] constexpr std::string_view policy_name<concurrency::barging> = "conc=barging";
 template <> [[maybe_unused]] constexpr std::string_view policy_name<concurrency::single_thread> = "conc=single_thread";
 template <> [[maybe_unused]] constexpr std::string_view policy_name<recycling::none> = "recyc=none";
 template <> [[maybe_unused]] constexpr std::string_view policy_name<recycling::limits> = "recyc=limits";
@@ -222,6 +226,7 @@ void add(const std::string& arm_name, bool with_variants) {
     reg("cycle/" + arm_name + "/work:1us", false, 1us);
     reg("contended/" + arm_name + "/work:0ns", true, 0ns);
     reg("contended/" + arm_name + "/work:1us", true, 1us);
+    reg("contended/" + arm_name + "/work:50us", true, 50us);
 }
 
 } // namespace
@@ -229,7 +234,9 @@ void add(const std::string& arm_name, bool with_variants) {
 int main(int argc, char** argv) {
     add<handwritten_tag>("handwritten", true);
     add<null_mutex_pool>("pqpool/null", true);
+    add<null_barging_pool>("pqpool/null+barging", true);
     add<production_pool>("pqpool/production", true);
+    add<production_barging_pool>("pqpool/production+barging", true);
     add<null_obs_pool<observability::sink<rare_events>>>("pqpool/null+obs=sink", false);
     add<null_obs_pool<observability::counters>>("pqpool/null+obs=counters", false);
     add<null_obs_pool<observability::histograms>>("pqpool/null+obs=histograms", false);

@@ -155,7 +155,7 @@ public:
     /// `connect_error` (when opening one failed after retries and no
     /// connection in use could come back), `closed_error` (closed, destroyed
     /// meanwhile, or moved from).
-    /// Complexity: with null policies, one lock and a vector pop.
+    /// Complexity: with null policies, one lock and a stack pop.
     lease acquire(source_location_type where = source_location_type::current()) {
         if (!core_) [[unlikely]]
             throw_moved_from();
@@ -292,13 +292,14 @@ private:
         auto rt = detail::policy_argument<Retry>(policies...);
         auto f = detail::policy_argument<ForkSafety>(policies...);
         auto ob = detail::policy_argument<Observability>(policies...);
-        (void)detail::policy_argument<Concurrency>(policies...);
+        auto cc = detail::policy_argument<Concurrency>(policies...);
         detail::check_policy(v);
         detail::check_policy(r);
         detail::check_policy(o);
         detail::check_policy(rt);
         detail::check_policy(f);
         detail::check_policy(ob);
+        detail::check_policy(cc);
         // Connections that maintain() opens up to the floor must be allowed
         // to stay idle, or each would be closed as soon as it came back.
         if (r.idle_floor() > o.keep_idle())
@@ -309,7 +310,7 @@ private:
                                                    : ": its size") +
                                "); lower min_idle to at most " + std::to_string(o.keep_idle()));
         return new core_type(std::move(c), std::move(v), std::move(r), std::move(o), std::move(rt), std::move(f),
-                             std::move(ob));
+                             std::move(cc), std::move(ob));
     }
 
     core_type* core_;

@@ -96,3 +96,16 @@ make_pool(ConnectorArg&& connector, const Policies&... policies) {
 }
 
 } // namespace pqpool
+
+// pool<>'s parameters, in basic_pool's order: the one list that the explicit
+// instantiations below and in src.hpp name (an alias cannot be named there).
+#define PQPOOL_DEFAULT_POOL_PARAMETERS                                                                          \
+    ::pqpool::libpq_connector, ::pqpool::validation::default_policy, ::pqpool::recycling::default_policy,        \
+        ::pqpool::overflow::default_policy, ::pqpool::retry::default_policy, ::pqpool::fork_safety::default_policy, \
+        ::pqpool::concurrency::default_policy, ::pqpool::observability::default_policy
+
+#if defined(PQPOOL_SEPARATE_COMPILATION) && !defined(PQPOOL_SOURCE)
+// Compiled once, by the translation unit that includes <pqpool/src.hpp>.
+extern template class pqpool::basic_pool<PQPOOL_DEFAULT_POOL_PARAMETERS>;
+extern template class pqpool::detail::pool_core<PQPOOL_DEFAULT_POOL_PARAMETERS>;
+#endif

@@ -50,7 +50,7 @@ using recycling_policies = std::tuple<recycling::none, recycling::limits>;
 using overflow_policies = std::tuple<overflow::fixed, overflow::bounded, overflow::fail_fast, overflow::pass_through>;
 using retry_policies = std::tuple<retry::none, retry::exponential_backoff>;
 using fork_policies = std::tuple<fork_safety::none, fork_safety::detect, fork_safety::check_pid>;
-using concurrency_policies = std::tuple<concurrency::mutex, concurrency::single_thread>;
+using concurrency_policies = std::tuple<concurrency::mutex, concurrency::barging, concurrency::single_thread>;
 using observability_policies = std::tuple<observability::none, observability::counters>;
 
 TEMPLATE_LIST_TEST_CASE("every validation policy models its concept", "[composition][validation]",
@@ -89,7 +89,7 @@ TEST_CASE("policies without numbers take no space, and the pool has no virtual f
     STATIC_REQUIRE(std::is_empty_v<retry::none>);
     STATIC_REQUIRE(std::is_empty_v<fork_safety::none>);
     STATIC_REQUIRE(std::is_empty_v<fork_safety::detect>);
-    STATIC_REQUIRE(std::is_empty_v<concurrency::mutex>);
+    STATIC_REQUIRE(std::is_empty_v<concurrency::single_thread>);
     STATIC_REQUIRE(std::is_empty_v<observability::none>);
 
     // The pool object is one pointer to its core, whatever the policies.

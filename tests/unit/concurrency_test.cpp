@@ -3,11 +3,18 @@
 #include "catch.hpp"
 #include "test_pool.hpp"
 
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <csignal>
+#include <fstream>
+#include <string>
+#include <mutex>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 using namespace pqpool;
@@ -24,28 +31,255 @@ TEST_CASE("concurrency::single_thread never waits: a full pool throws exhausted_
     STATIC_REQUIRE(std::is_empty_v<concurrency::single_thread>);
 }
 
-TEST_CASE("concurrency::mutex: many threads, every cycle served, nothing lost", "[concurrency]") {
+namespace {
+using waiting_policies = std::tuple<concurrency::mutex, concurrency::barging>;
+
+// Is thread `tid` of this process asleep (state S in /proc)?
+bool asleep(pid_t tid) {
+    std::ifstream stat("/proc/self/task/" + std::to_string(tid) + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    const auto after_name = line.rfind(')'); // the name may hold spaces
+    return after_name != std::string::npos && after_name + 2 < line.size() && line[after_name + 2] == 'S';
+}
+
+// A thread that waits up to 5 s for a connection (then sets `served`, and
+// holds it until `done`), once it is in line and asleep (not still on its way
+// to sleep: then a wake-up would cost it nothing).
+template <class Pool>
+std::thread queue_one(Pool& pool, std::atomic<bool>& served, const std::atomic<bool>& done) {
+    const std::size_t before = pool.stats().waiting;
+    std::atomic<pid_t> tid{0};
+    std::thread waiter([&pool, &served, &done, &tid] {
+        tid = static_cast<pid_t>(::syscall(SYS_gettid));
+        try {
+            auto l = pool.acquire_for(5s);
+            served = true;
+            while (!done) std::this_thread::yield(); // so that the test's own try sees it out, not idle
+        } catch (const timeout_error&) {
+        }
+    });
+    while (pool.stats().waiting == before || !asleep(tid)) std::this_thread::yield();
+    return waiter;
+}
+} // namespace
+
+TEMPLATE_LIST_TEST_CASE("waiting policies: many threads, every cycle served, nothing lost", "[concurrency]",
+                        waiting_policies) {
     auto s = std::make_shared<fake_server>();
-    null_pool<overflow::bounded> pool{fake_connector<>{s}, overflow::bounded{.size = 2, .max_overflow = 2, .wait = 30s}};
-    std::atomic<int> done{0}, handed_closed{0};
+    null_pool<overflow::bounded, TestType> pool{fake_connector<>{s},
+                                                overflow::bounded{.size = 2, .max_overflow = 2, .wait = 30s}};
+    std::atomic<int> done{0}, handed_closed{0}, shared{0};
     std::vector<std::thread> threads;
     for (int t = 0; t < 8; ++t)
         threads.emplace_back([&] {
             for (int i = 0; i < 500; ++i) {
                 auto l = pool.acquire();
                 if (l.get()->closed) ++handed_closed;
+                if (l.get()->leases.fetch_add(1) != 0) ++shared;
+                l.get()->leases.fetch_sub(1);
                 ++done;
             }
         });
     for (auto& t : threads) t.join();
     CHECK(done == 8 * 500);
     CHECK(handed_closed == 0);
+    CHECK(shared == 0);
     const auto st = pool.stats();
     CHECK(st.in_use == 0);
     CHECK(st.waiting == 0);
     CHECK(st.size <= 4);
     CHECK(static_cast<int>(st.size) == s->open());
     CHECK(s->misuse == 0);
+}
+
+TEMPLATE_LIST_TEST_CASE("waiting policies: idle connections are a stack, the last returned is reused first",
+                        "[concurrency]", waiting_policies) {
+    auto s = std::make_shared<fake_server>();
+    null_pool<overflow::fixed, TestType> pool{fake_connector<>{s}, overflow::fixed{.size = 3, .wait = 1s}};
+    auto a = pool.acquire(), b = pool.acquire(), c = pool.acquire();
+    fake_connection* const second = b.get();
+    a.release();
+    c.release();
+    b.release();
+    CHECK(pool.acquire().get() == second);
+}
+
+TEST_CASE("concurrency policies: nonsense numbers are config_errors naming the field and the range",
+          "[concurrency]") {
+    auto s = std::make_shared<fake_server>();
+    using fifo = null_pool<overflow::fixed, concurrency::mutex>;
+    using barging = null_pool<overflow::fixed, concurrency::barging>;
+    CHECK_THROWS_MATCHES((fifo{fake_connector<>{s}, concurrency::mutex{.spin = -1us}}), config_error,
+                         Catch::Matchers::Message("pqpool: concurrency::mutex: spin is -1 µs; it must be between 0 "
+                                                  "(never spin) and 1000 µs (a spin longer than a wake-up costs is "
+                                                  "wasted)"));
+    CHECK_THROWS_WITH((fifo{fake_connector<>{s}, concurrency::mutex{.spin = 1001us}}),
+                      Catch::Contains("concurrency::mutex: spin is 1001 µs"));
+    CHECK_THROWS_WITH((barging{fake_connector<>{s}, concurrency::barging{.spin = 2ms}}),
+                      Catch::Contains("concurrency::barging: spin is 2000 µs"));
+    CHECK_THROWS_WITH((barging{fake_connector<>{s}, concurrency::barging{.patience = -1us}}),
+                      Catch::Contains("concurrency::barging: patience is -1 µs; it must be 0 (never overtaken) or more"));
+    CHECK_NOTHROW(fifo{fake_connector<>{s}, concurrency::mutex{.spin = 0us}});
+    CHECK_NOTHROW(fifo{fake_connector<>{s}, concurrency::mutex{.spin = 1000us}});
+    CHECK_NOTHROW(barging{fake_connector<>{s}, concurrency::barging{.patience = std::chrono::hours{24 * 365 * 1000}}});
+    CHECK(s->started == 0);
+}
+
+// Barging: the releasing thread may take its connection straight back. The
+// waiter sleeps (spin 0), so it needs a wake-up to get there first; over 20
+// rounds the releasing thread must win at least once (under FIFO it never
+// does: the stress test "no barging" checks that), and the waiter is served
+// every round.
+TEST_CASE("concurrency::barging: a thread that returns a connection may take it back ahead of a waiter",
+          "[concurrency]") {
+    auto s = std::make_shared<fake_server>();
+    null_pool<overflow::fixed, concurrency::barging> pool{
+        fake_connector<>{s}, overflow::fixed{.size = 1, .wait = 30s},
+        concurrency::barging{.spin = 0us, .patience = std::chrono::hours{1}}};
+    int barged = 0;
+    for (int round = 0; round < 20; ++round) {
+        auto held = pool.acquire();
+        std::atomic<bool> served{false}, done{false};
+        std::thread waiter = queue_one(pool, served, done);
+        held.release();
+        if (auto again = pool.try_acquire()) {
+            ++barged;
+            CHECK(pool.stats().waiting == 1); // the waiter is still in line, not served
+        }
+        done = true;
+        waiter.join(); // the lease taken back was returned at the end of the if: the waiter gets it
+        CHECK(served);
+    }
+    CHECK(barged >= 1);
+    CHECK(s->connects == 1);
+}
+
+// A returned connection nudges the first waiter; without the nudge it would
+// wait until its patience (an hour here) ran out.
+TEST_CASE("concurrency::barging: a connection returned while callers wait reaches the first of them",
+          "[concurrency]") {
+    auto s = std::make_shared<fake_server>();
+    for (const auto spin : {0us, 1000us}) {
+        null_pool<overflow::fixed, concurrency::barging> pool{
+            fake_connector<>{s}, overflow::fixed{.size = 2, .wait = 30s},
+            concurrency::barging{.spin = spin, .patience = std::chrono::hours{1}}};
+        auto a = pool.acquire(), b = pool.acquire();
+        std::atomic<int> served{0};
+        std::vector<std::thread> waiters;
+        for (int i = 0; i < 3; ++i) {
+            waiters.emplace_back([&] {
+                try {
+                    auto l = pool.acquire_for(10s);
+                    ++served;
+                    while (served < 2) std::this_thread::yield(); // hold until two are served
+                } catch (const timeout_error&) {
+                }
+            });
+            while (pool.stats().waiting != static_cast<std::size_t>(i + 1)) std::this_thread::yield();
+        }
+        a.release();
+        b.release(); // both go idle; two waiters must take them, the third the first one returned
+        for (auto& w : waiters) w.join();
+        CHECK(served == 3);
+        CHECK(pool.stats() == pool_stats{.size = 2, .idle = 2, .in_use = 0, .opening = 0, .overflow = 0, .waiting = 0});
+    }
+}
+
+// Once a waiter has waited past its patience it is overtaken no more: a
+// connection returned goes to it, even when the returning thread asks again
+// at once.
+TEST_CASE("concurrency::barging: a waiter past its patience gets the next connection returned", "[concurrency]") {
+    auto s = std::make_shared<fake_server>();
+    null_pool<overflow::fixed, concurrency::barging> pool{fake_connector<>{s},
+                                                           overflow::fixed{.size = 1, .wait = 30s},
+                                                           concurrency::barging{.spin = 0us, .patience = 20ms}};
+    for (int round = 0; round < 3; ++round) {
+        auto held = pool.acquire();
+        std::atomic<bool> served{false}, done{false};
+        std::thread waiter = queue_one(pool, served, done);
+        // Past its patience, with room for a slow wake-up on a loaded machine.
+        std::this_thread::sleep_for(20ms + 300ms);
+        held.release();
+        const bool barged = pool.try_acquire().has_value(); // returned at once if it got one
+        done = true;
+        waiter.join();
+        CHECK_FALSE(barged);
+        CHECK(served);
+    }
+}
+
+// The lock and the hand-over slot on their own.
+TEST_CASE("detail::pool_lock excludes: counts under the lock from several threads add up", "[concurrency]") {
+    detail::pool_lock lock;
+    long count = 0; // no atomic: only the lock protects it (and ThreadSanitizer watches)
+    std::atomic<int> ready{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t)
+        threads.emplace_back([&] {
+            ++ready;
+            while (ready < 4) std::this_thread::yield(); // all at once, or they may run one after another
+            for (int i = 0; i < 20000; ++i) {
+                std::lock_guard guard(lock);
+                const long seen = count; // a read-modify-write with room for another thread in between
+                detail::cpu_relax();
+                count = seen + 1;
+            }
+        });
+    for (auto& t : threads) t.join();
+    CHECK(count == 4 * 20000);
+    CHECK(lock.try_lock());
+    CHECK_FALSE(lock.try_lock());
+    lock.unlock();
+}
+
+TEST_CASE("detail::spin_gauge: waiters spin while recent waits were short, and never past the limit",
+          "[concurrency]") {
+    if (std::thread::hardware_concurrency() <= 1) FAIL("this test needs a machine with more than one CPU");
+    detail::spin_gauge g;
+    CHECK(g.budget(20us) > 0ns);
+    CHECK(g.budget(0us) == 0ns);
+    for (int i = 0; i < 50; ++i) g.record(1us);
+    CHECK(g.budget(20us) >= 2us);
+    CHECK(g.budget(20us) <= 20us);
+    CHECK(g.budget(1us) <= 1us);
+    for (int i = 0; i < 50; ++i) g.record(5ms); // long holds: spinning would be wasted
+    CHECK(g.budget(20us) == 0ns);
+    for (int i = 0; i < 100; ++i) g.record(500ns); // short again
+    CHECK(g.budget(20us) > 0ns);
+}
+
+namespace {
+enum class slot_state : unsigned char { waiting, served };
+using slot = detail::handoff<slot_state, slot_state::waiting>;
+} // namespace
+
+TEST_CASE("detail::handoff: an outcome reaches a spinning waiter and a sleeping one, and a wait that ends returns locked",
+          "[concurrency]") {
+    detail::pool_lock lock;
+    detail::spin_gauge gauge;
+    for (const auto spin : {0ns, std::chrono::nanoseconds{1ms}, std::chrono::nanoseconds{200ms}}) {
+        slot w;
+        std::atomic<bool> in{false};
+        std::thread publisher([&] {
+            while (!in) std::this_thread::yield();
+            std::lock_guard guard(lock);
+            w.publish(slot_state::served);
+        });
+        std::unique_lock l(lock);
+        in = true;
+        w.wait(l, spin, std::chrono::steady_clock::now() + 30s, gauge);
+        CHECK_FALSE(l.owns_lock());
+        CHECK(w.state() == slot_state::served);
+        publisher.join();
+    }
+    slot w;
+    std::unique_lock l(lock);
+    const auto start = std::chrono::steady_clock::now();
+    w.wait(l, std::chrono::nanoseconds{1ms}, start + 20ms, gauge);
+    CHECK(l.owns_lock());
+    CHECK(w.state() == slot_state::waiting);
+    CHECK(std::chrono::steady_clock::now() - start >= 20ms);
 }
 
 #if defined(__has_feature)

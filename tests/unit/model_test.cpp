@@ -24,7 +24,8 @@
 // - every waiter wakes when the pool closes or is destroyed;
 // - an unlimited wait never times out;
 // - waiters are served first come, first served, also when the connection
-//   handed to the first one fails validation or is retired (check_fifo).
+//   handed to the first one fails validation or is retired (check_fifo; under
+//   concurrency::barging, only that every one of them is served).
 //
 // A failure prints its seed. Environment:
 //   PQPOOL_MODEL_SEED=<n>     first seed (default: random, printed)
@@ -76,9 +77,11 @@ struct violations {
     }
 };
 
-// The pool types searched: every FIFO combination that changes the core's
-// paths (validation that round-trips, lifetimes and uses, overflow kinds,
-// retry with a connect limit).
+// The pool types searched: combinations that change the core's paths
+// (validation that round-trips, lifetimes and uses, overflow kinds, retry
+// with a connect limit), under each concurrency policy: first come, first
+// served (a to d), barging (e, f: waiters overtaken, nudged, handed over once
+// their patience ran out), and single_thread (g, one thread, never waits).
 using model_a = fake_pool<validation::probe, recycling::limits, overflow::bounded, retry::exponential_backoff,
                           fork_safety::none, observability::counters>;
 using model_b = fake_pool<validation::ping, recycling::none, overflow::fixed, retry::none, fork_safety::none>;
@@ -86,34 +89,62 @@ using model_c = fake_pool<validation::ping_if_idle, recycling::limits, overflow:
                           retry::exponential_backoff, fork_safety::detect>;
 using model_d = fake_pool<validation::ping_if_idle, recycling::limits, overflow::fixed, retry::exponential_backoff,
                           fork_safety::none>;
+using model_e = fake_pool<validation::probe, recycling::limits, overflow::bounded, retry::exponential_backoff,
+                          fork_safety::none, observability::counters, concurrency::barging>;
+using model_f = fake_pool<validation::ping_if_idle, recycling::limits, overflow::pass_through,
+                          retry::exponential_backoff, fork_safety::detect, concurrency::barging>;
+using model_g = fake_pool<validation::ping, recycling::limits, overflow::bounded, retry::exponential_backoff,
+                          fork_safety::none, concurrency::single_thread>;
+
+// Spinning or not, and (barging) patience from none to longer than any wait.
+concurrency::mutex make_fifo(std::mt19937_64& rng) {
+    return concurrency::mutex{.spin = std::chrono::microseconds{rng() % 2 ? 0 : 1 + rng() % 100}};
+}
+concurrency::barging make_barging(std::mt19937_64& rng) {
+    constexpr std::chrono::microseconds patience[] = {0us, 100us, 1ms, 5ms, 1s};
+    return concurrency::barging{.spin = std::chrono::microseconds{rng() % 2 ? 0 : 1 + rng() % 100},
+                                .patience = patience[rng() % 5]};
+}
 
 template <class Pool>
 Pool make_pool(std::shared_ptr<fake_server> s, std::mt19937_64& rng);
 
+// model_a's and model_e's numbers, under either concurrency policy.
+template <class Pool, class Concurrency>
+Pool bounded_with_limits(std::shared_ptr<fake_server> s, std::mt19937_64& rng, Concurrency concurrency) {
+    const std::size_t size = 1 + rng() % 3;
+    return Pool{fake_connector<>{s},
+                overflow::bounded{.size = size, .max_overflow = rng() % 3, .wait = 8ms, .waiters = 1 + rng() % 6},
+                recycling::limits{.max_lifetime = std::chrono::milliseconds{5 + rng() % 50},
+                                  .jitter = std::chrono::milliseconds{rng() % 5},
+                                  .max_uses = rng() % 4,
+                                  .max_idle = std::chrono::milliseconds{rng() % 20},
+                                  .min_idle = rng() % (size + 1)},
+                retry::exponential_backoff{.attempts = 1 + static_cast<unsigned>(rng() % 4), .base = 1ms,
+                                           .cap = 3ms, .connecting = 1 + rng() % 2},
+                concurrency};
+}
+// model_c's and model_f's.
+template <class Pool, class Concurrency>
+Pool pass_through_pool(std::shared_ptr<fake_server> s, std::mt19937_64& rng, Concurrency concurrency) {
+    return Pool{fake_connector<>{s}, overflow::pass_through{.max_open = 1 + rng() % 3, .wait = 8ms},
+                validation::ping_if_idle{.idle_for = 1ms, .timeout = 1s},
+                recycling::limits{.max_lifetime = 0ms, .max_idle = 0ms},
+                retry::exponential_backoff{.attempts = 3, .base = 1ms, .cap = 2ms, .connecting = 1}, concurrency};
+}
+
 template <>
 model_a make_pool<model_a>(std::shared_ptr<fake_server> s, std::mt19937_64& rng) {
-    const std::size_t size = 1 + rng() % 3;
-    return model_a{fake_connector<>{s},
-                   overflow::bounded{.size = size, .max_overflow = rng() % 3, .wait = 8ms, .waiters = 1 + rng() % 6},
-                   recycling::limits{.max_lifetime = std::chrono::milliseconds{5 + rng() % 50},
-                                     .jitter = std::chrono::milliseconds{rng() % 5},
-                                     .max_uses = rng() % 4,
-                                     .max_idle = std::chrono::milliseconds{rng() % 20},
-                                     .min_idle = rng() % (size + 1)},
-                   retry::exponential_backoff{.attempts = 1 + static_cast<unsigned>(rng() % 4), .base = 1ms,
-                                              .cap = 3ms, .connecting = 1 + rng() % 2}};
+    return bounded_with_limits<model_a>(std::move(s), rng, make_fifo(rng));
 }
 template <>
 model_b make_pool<model_b>(std::shared_ptr<fake_server> s, std::mt19937_64& rng) {
     return model_b{fake_connector<>{s}, overflow::fixed{.size = 1 + rng() % 3, .wait = 5ms},
-                   validation::ping{.timeout = std::chrono::milliseconds{1 + rng() % 5}}};
+                   validation::ping{.timeout = std::chrono::milliseconds{1 + rng() % 5}}, make_fifo(rng)};
 }
 template <>
 model_c make_pool<model_c>(std::shared_ptr<fake_server> s, std::mt19937_64& rng) {
-    return model_c{fake_connector<>{s}, overflow::pass_through{.max_open = 1 + rng() % 3, .wait = 8ms},
-                   validation::ping_if_idle{.idle_for = 1ms, .timeout = 1s},
-                   recycling::limits{.max_lifetime = 0ms, .max_idle = 0ms},
-                   retry::exponential_backoff{.attempts = 3, .base = 1ms, .cap = 2ms, .connecting = 1}};
+    return pass_through_pool<model_c>(std::move(s), rng, make_fifo(rng));
 }
 template <>
 model_d make_pool<model_d>(std::shared_ptr<fake_server> s, std::mt19937_64& rng) {
@@ -122,7 +153,27 @@ model_d make_pool<model_d>(std::shared_ptr<fake_server> s, std::mt19937_64& rng)
                    validation::ping_if_idle{.idle_for = std::chrono::milliseconds{rng() % 3}, .timeout = 1s},
                    recycling::limits{.max_lifetime = 0ms, .max_uses = rng() % 3, .min_idle = rng() % (size + 1)},
                    retry::exponential_backoff{.attempts = 2 + static_cast<unsigned>(rng() % 3), .base = 1ms,
-                                              .cap = 4ms, .connecting = 1 + rng() % 3}};
+                                              .cap = 4ms, .connecting = 1 + rng() % 3},
+                   make_fifo(rng)};
+}
+template <>
+model_e make_pool<model_e>(std::shared_ptr<fake_server> s, std::mt19937_64& rng) {
+    return bounded_with_limits<model_e>(std::move(s), rng, make_barging(rng));
+}
+template <>
+model_f make_pool<model_f>(std::shared_ptr<fake_server> s, std::mt19937_64& rng) {
+    return pass_through_pool<model_f>(std::move(s), rng, make_barging(rng));
+}
+template <>
+model_g make_pool<model_g>(std::shared_ptr<fake_server> s, std::mt19937_64& rng) {
+    const std::size_t size = 1 + rng() % 3;
+    return model_g{fake_connector<>{s}, overflow::bounded{.size = size, .max_overflow = rng() % 3, .wait = 8ms},
+                   validation::ping{.timeout = std::chrono::milliseconds{1 + rng() % 5}},
+                   recycling::limits{.max_lifetime = std::chrono::milliseconds{5 + rng() % 50},
+                                     .jitter = std::chrono::milliseconds{rng() % 5}, .max_uses = rng() % 4,
+                                     .min_idle = rng() % (size + 1)},
+                   retry::exponential_backoff{.attempts = 1 + static_cast<unsigned>(rng() % 4), .base = 1ms,
+                                              .cap = 3ms, .connecting = 1}};
 }
 
 // One thread's random program.
@@ -303,9 +354,11 @@ public:
 // broken: closed, its slot becomes a connect permit; expired or used up by the
 // recycling policy), and the next one only after a caller was served. A
 // caller served hands its lease back to this thread, so the pool stays full.
-// The callers must be served in the order they lined up.
+// The callers must be served in the order they lined up (under a policy that
+// lets waiters be overtaken, only served).
 template <class Pool>
 void check_fifo(Pool& pool, fake_server& server, violations& v, std::mt19937_64& rng) {
+    constexpr bool fifo = Pool::concurrency_policy_type::fifo;
     using lease = typename Pool::lease;
     const std::size_t max_size = pool.overflow().max_size();
     std::vector<lease> held;
@@ -357,6 +410,7 @@ void check_fifo(Pool& pool, fake_server& server, violations& v, std::mt19937_64&
     for (auto& t : ts) t.join();
     std::vector<int> expected(static_cast<std::size_t>(callers));
     for (int i = 0; i < callers; ++i) expected[static_cast<std::size_t>(i)] = i;
+    if (!fifo) std::sort(order.begin(), order.end());
     if (order != expected) {
         std::string got;
         for (int i : order) got += " " + std::to_string(i);
@@ -389,9 +443,11 @@ void one_run(std::uint64_t seed, std::vector<std::string>& failures) {
     auto pool = std::make_unique<Pool>(make_pool<Pool>(server, rng));
     const std::size_t max_size = pool->overflow().max_size();
 
-    const int threads = 2 + static_cast<int>(rng() % 4);
-    const int ops = 15 + static_cast<int>(rng() % 30);
-    const unsigned ending = rng() % 3;
+    // A single_thread pool has one user, and only that one can end it.
+    constexpr bool one_thread = !Pool::concurrency_policy_type::can_wait;
+    const int threads = one_thread ? 1 : 2 + static_cast<int>(rng() % 4);
+    const int ops = (one_thread ? 60 : 15) + static_cast<int>(rng() % 30);
+    const unsigned ending = one_thread ? 0 : rng() % 3;
     std::vector<std::unique_ptr<actor<Pool>>> actors;
     for (int t = 0; t < threads; ++t) {
         actors.push_back(std::make_unique<actor<Pool>>(*pool, *server, v, seed * 31 + static_cast<unsigned>(t)));
@@ -399,9 +455,13 @@ void one_run(std::uint64_t seed, std::vector<std::string>& failures) {
     }
 
     if (ending == 0) { // every thread finishes; the pool is checked at rest
-        std::vector<std::thread> ts;
-        for (auto& a : actors) ts.emplace_back([&a, ops] { a->run_ops(ops); });
-        for (auto& t : ts) t.join();
+        if (one_thread) { // its user is this thread, which checks the pool below
+            actors[0]->run_ops(ops);
+        } else {
+            std::vector<std::thread> ts;
+            for (auto& a : actors) ts.emplace_back([&a, ops] { a->run_ops(ops); });
+            for (auto& t : ts) t.join();
+        }
         const auto check_rest = [&](const char* when, bool settled) {
             const pool_stats s = pool->stats();
             int open, in_flight;
@@ -434,7 +494,7 @@ void one_run(std::uint64_t seed, std::vector<std::string>& failures) {
             std::this_thread::sleep_for(5ms);
         }
         check_rest("after maintain()", true);
-        check_fifo(*pool, *server, v, rng);
+        if (!one_thread) check_fifo(*pool, *server, v, rng);
         pool.reset();
     } else if (ending == 1) { // close() while threads are inside; every waiter must wake
         std::atomic<bool> stop{false};
@@ -538,11 +598,14 @@ TEST_CASE("model: random operations and faults keep every invariant", "[model]")
     std::uint64_t done = 0;
     for (std::uint64_t i = 0; seconds ? steady::now() < stop_at : i < runs; ++i, ++done) {
         const std::uint64_t seed = first + i;
-        switch (seed % 4) {
+        switch (seed % 7) {
         case 0: one_run<model_a>(seed, failures); break;
         case 1: one_run<model_b>(seed, failures); break;
         case 2: one_run<model_c>(seed, failures); break;
-        default: one_run<model_d>(seed, failures); break;
+        case 3: one_run<model_d>(seed, failures); break;
+        case 4: one_run<model_e>(seed, failures); break;
+        case 5: one_run<model_f>(seed, failures); break;
+        default: one_run<model_g>(seed, failures); break;
         }
         if (failures.size() > 10) break;
     }

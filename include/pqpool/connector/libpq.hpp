@@ -20,14 +20,18 @@
 #include <pqpool/connector/credentials.hpp>
 #include <pqpool/deadline.hpp>
 #include <pqpool/detail/check.hpp>
+#include <pqpool/detail/config.hpp>
 #include <pqpool/detail/conninfo.hpp>
 #include <pqpool/detail/connect_failure.hpp>
 #include <pqpool/detail/connection_watch.hpp>
 #include <pqpool/detail/fork_gate.hpp>
 #include <pqpool/detail/libpq_io.hpp>
 #include <pqpool/detail/redact.hpp>
-#include <pqpool/detail/tls_files.hpp>
 #include <pqpool/error.hpp>
+
+#if PQPOOL_DEFINITIONS // only the definitions check TLS files: OpenSSL's headers stay out of other units
+#include <pqpool/detail/tls_files.hpp>
+#endif
 
 #include <libpq-fe.h>
 
@@ -255,10 +259,7 @@ public:
     /// Frees a connect in progress without one byte of I/O on its socket (as
     /// `abandon`): the only call allowed on an attempt inherited across
     /// `fork()`. `a` is empty afterwards.
-    void abandon_connect(attempt& a) const noexcept {
-        if (a.state_) abandon(std::exchange(a.state_->conn, nullptr));
-        a.state_.reset();
-    }
+    void abandon_connect(attempt& a) const noexcept;
 
     /// Opens a connection and runs the setup statements: `continue_connect`
     /// on a new attempt until `deadline`.
@@ -275,21 +276,14 @@ public:
     /// `cancel_timeout`. Cost: one write, no wait; with a command running, a
     /// thread and a TCP connect to the server, up to `cancel_timeout`. A null
     /// handle is ignored.
-    void close(handle h) const noexcept {
-        if (!h) return;
-        if (PQstatus(h) == CONNECTION_OK && PQtransactionStatus(h) == PQTRANS_ACTIVE)
-            detail::cancel_running(h, options_.cancel_timeout);
-        detail::finish(h);
-    }
+    void close(handle h) const noexcept;
 
     /// Ends a session the pool gave up on inside an acquire (it failed
     /// validation or expired): `PQfinish` without the cancel `close` would
     /// wait for, so the acquire keeps its bound. The only command such a
     /// connection can have running is a validation ping's empty query. Cost:
     /// one write, no wait. A null handle is ignored.
-    void discard(handle h) const noexcept {
-        if (h) detail::finish(h);
-    }
+    void discard(handle h) const noexcept;
 
     /// Frees a connection without one byte of I/O on its socket: the only
     /// call allowed on a connection inherited across `fork()`.
@@ -302,9 +296,7 @@ public:
     /// connection is leaked (memory and one descriptor) rather than risk a
     /// write on the parent's socket. Cost: open, dup2, close, then PQfinish's
     /// frees; no network I/O.
-    void abandon(handle h) const noexcept {
-        if (h && detail::silence_socket(h)) detail::finish(h);
-    }
+    void abandon(handle h) const noexcept;
 
     /// Is `h` still usable? Local checks only, no round trip.
     ///
@@ -332,14 +324,7 @@ public:
     /// True only when the server answered with the empty-query response and
     /// the connection is idle afterwards. Never blocks past `deadline`. Cost:
     /// one round trip.
-    bool ping(handle h, clock::time_point deadline) const noexcept {
-        if (!h) return false;
-        if (PQstatus(h) != CONNECTION_OK) return lost(h);
-        const auto r = detail::exec_until(h, "", deadline, false);
-        if (PQstatus(h) != CONNECTION_OK) return lost(h);
-        return r.outcome == detail::exec_outcome::ok && r.last == PGRES_EMPTY_QUERY &&
-               PQtransactionStatus(h) == PQTRANS_IDLE;
-    }
+    bool ping(handle h, clock::time_point deadline) const noexcept;
 
     /// Makes `h` clean for the next lease; false means "close it".
     ///
@@ -454,9 +439,41 @@ private:
 static_assert(connector<libpq_connector>);
 
 // ---------------------------------------------------------------------------
-// Implementation
+// Implementation: in every translation unit when header-only, else only in the
+// one that includes <pqpool/src.hpp> (see detail/config.hpp).
 
-inline libpq_connector::libpq_connector(std::string_view conninfo_or_uri, libpq_options options)
+#if PQPOOL_DEFINITIONS
+
+PQPOOL_DECL void libpq_connector::abandon_connect(attempt& a) const noexcept {
+    if (a.state_) abandon(std::exchange(a.state_->conn, nullptr));
+    a.state_.reset();
+}
+
+PQPOOL_DECL void libpq_connector::close(handle h) const noexcept {
+    if (!h) return;
+    if (PQstatus(h) == CONNECTION_OK && PQtransactionStatus(h) == PQTRANS_ACTIVE)
+        detail::cancel_running(h, options_.cancel_timeout);
+    detail::finish(h);
+}
+
+PQPOOL_DECL void libpq_connector::discard(handle h) const noexcept {
+    if (h) detail::finish(h);
+}
+
+PQPOOL_DECL void libpq_connector::abandon(handle h) const noexcept {
+    if (h && detail::silence_socket(h)) detail::finish(h);
+}
+
+PQPOOL_DECL bool libpq_connector::ping(handle h, clock::time_point deadline) const noexcept {
+    if (!h) return false;
+    if (PQstatus(h) != CONNECTION_OK) return lost(h);
+    const auto r = detail::exec_until(h, "", deadline, false);
+    if (PQstatus(h) != CONNECTION_OK) return lost(h);
+    return r.outcome == detail::exec_outcome::ok && r.last == PGRES_EMPTY_QUERY &&
+           PQtransactionStatus(h) == PQTRANS_IDLE;
+}
+
+PQPOOL_DECL libpq_connector::libpq_connector(std::string_view conninfo_or_uri, libpq_options options)
     : options_(std::move(options)) {
     options_.check();
     detail::parsed_conninfo ci = detail::parse_conninfo(conninfo_or_uri);
@@ -482,7 +499,7 @@ inline libpq_connector::libpq_connector(std::string_view conninfo_or_uri, libpq_
 // Calls libpq_options::credentials for the host about to be tried and merges
 // what it gives into that host's keywords. False when the host is refused
 // (the callable failed, or gave what it may not).
-inline bool libpq_connector::fetch_credentials(state& s, std::vector<std::string>& keywords,
+PQPOOL_DECL bool libpq_connector::fetch_credentials(state& s, std::vector<std::string>& keywords,
                                                std::vector<std::string>& values) const {
     const detail::connect_target& t = plan_[s.target];
     connect_credentials c;
@@ -514,7 +531,7 @@ inline bool libpq_connector::fetch_credentials(state& s, std::vector<std::string
     return true;
 }
 
-inline void libpq_connector::start_target(state& s) const {
+PQPOOL_DECL void libpq_connector::start_target(state& s) const {
     const detail::connect_target& t = plan_[s.target];
     std::vector<std::string> owned_keywords, owned_values; // with credentials only
     const std::vector<std::string>* kw = &t.keywords;
@@ -553,7 +570,7 @@ inline void libpq_connector::start_target(state& s) const {
     if (PQstatus(s.conn) == CONNECTION_BAD) refuse_with_libpq_error(s);
 }
 
-inline void libpq_connector::note_socket(state& s, int fd) const noexcept {
+PQPOOL_DECL void libpq_connector::note_socket(state& s, int fd) const noexcept {
     struct stat st {};
     const ino_t inode = ::fstat(fd, &st) == 0 ? st.st_ino : 0;
     if (fd == s.fd && inode == s.inode) return;
@@ -562,7 +579,7 @@ inline void libpq_connector::note_socket(state& s, int fd) const noexcept {
     s.inode = inode;
 }
 
-inline void libpq_connector::forgive_parked_time(state& s) const noexcept {
+PQPOOL_DECL void libpq_connector::forgive_parked_time(state& s) const noexcept {
     s.parked = false;
     if (!s.conn) return;
     const int fd = PQsocket(s.conn);
@@ -574,7 +591,7 @@ inline void libpq_connector::forgive_parked_time(state& s) const noexcept {
 }
 
 // `ends_attempt`: the server refused; the hosts after it are not tried.
-inline void libpq_connector::refuse(state& s, std::string why, std::string sqlstate, bool transient,
+PQPOOL_DECL void libpq_connector::refuse(state& s, std::string why, std::string sqlstate, bool transient,
                                     bool ends_attempt) const {
     s.refusals.push_back({plan_[s.target].label, std::move(why)});
     if (!sqlstate.empty()) s.sqlstate = std::move(sqlstate);
@@ -584,11 +601,11 @@ inline void libpq_connector::refuse(state& s, std::string why, std::string sqlst
     s.target = ends_attempt ? plan_.size() : s.target + 1;
 }
 
-inline void libpq_connector::refuse_with_libpq_error(state& s) const {
+PQPOOL_DECL void libpq_connector::refuse_with_libpq_error(state& s) const {
     refuse_with_libpq_text(s, PQerrorMessage(s.conn), PQconnectionNeedsPassword(s.conn) != 0);
 }
 
-inline void libpq_connector::refuse_with_libpq_text(state& s, std::string_view text, bool needs_password) const {
+PQPOOL_DECL void libpq_connector::refuse_with_libpq_text(state& s, std::string_view text, bool needs_password) const {
     auto f = detail::parse_connect_failure(text, needs_password);
     // As libpq: a server that answered with an error ends the attempt (the
     // documented "authentication failed: the remaining hosts are not
@@ -603,7 +620,7 @@ inline void libpq_connector::refuse_with_libpq_text(state& s, std::string_view t
     refuse(s, scrubbed(s, std::move(f.text)), std::move(f.sqlstate), f.transient, ends_attempt);
 }
 
-inline void libpq_connector::refuse_setup(state& s) const {
+PQPOOL_DECL void libpq_connector::refuse_setup(state& s) const {
     const detail::exec_result& r = s.run.result();
     std::string what = "setup[" + std::to_string(s.setup_index) + "] failed: ";
     if (r.outcome == detail::exec_outcome::timeout)
@@ -618,11 +635,11 @@ inline void libpq_connector::refuse_setup(state& s) const {
     refuse(s, std::move(what), r.sqlstate, !refused, refused);
 }
 
-inline std::string libpq_connector::refusals(const state& s) const {
+PQPOOL_DECL std::string libpq_connector::refusals(const state& s) const {
     return detail::describe_refusals(s.refusals, plan_.size() == 1);
 }
 
-inline libpq_connector::handle libpq_connector::continue_connect(attempt& a, clock::time_point deadline) const {
+PQPOOL_DECL libpq_connector::handle libpq_connector::continue_connect(attempt& a, clock::time_point deadline) const {
     if (!a.state_) {
         a.state_ = std::make_unique<state>();
         a.state_->started = clock::now();
@@ -715,7 +732,7 @@ inline libpq_connector::handle libpq_connector::continue_connect(attempt& a, clo
 }
 
 // Every host of the plan refused: the attempt ends with why each did.
-inline void libpq_connector::fail_refused(attempt& a) const {
+PQPOOL_DECL void libpq_connector::fail_refused(attempt& a) const {
     state& s = *a.state_;
     const std::string what = refusals(s);
     std::string sqlstate = std::move(s.sqlstate);
@@ -726,7 +743,7 @@ inline void libpq_connector::fail_refused(attempt& a) const {
 
 // connect()'s deadline came first: the attempt is cancelled, and the hosts
 // that refused before are named.
-inline void libpq_connector::fail_timed_out(attempt& a) const {
+PQPOOL_DECL void libpq_connector::fail_timed_out(attempt& a) const {
     const state& s = *a.state_;
     const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - s.started).count();
     std::string what = "timed out after " + std::to_string(ms) + " ms";
@@ -736,13 +753,13 @@ inline void libpq_connector::fail_timed_out(attempt& a) const {
     fail_connect(what, std::move(sqlstate), true);
 }
 
-inline libpq_connector::handle libpq_connector::connect(clock::time_point deadline) const {
+PQPOOL_DECL libpq_connector::handle libpq_connector::connect(clock::time_point deadline) const {
     attempt a;
     if (handle h = continue_connect(a, deadline)) return h;
     fail_timed_out(a);
 }
 
-inline bool libpq_connector::probe(handle h) const noexcept {
+PQPOOL_DECL bool libpq_connector::probe(handle h) const noexcept {
     if (!h) return false;
     if (PQstatus(h) != CONNECTION_OK) return lost(h);
     if (PQtransactionStatus(h) != PQTRANS_IDLE) return false;
@@ -774,7 +791,7 @@ inline bool libpq_connector::probe(handle h) const noexcept {
     return true;
 }
 
-inline bool libpq_connector::reset(handle h, bool discard_all) const noexcept {
+PQPOOL_DECL bool libpq_connector::reset(handle h, bool discard_all) const noexcept {
     if (!h) return false;
     if (PQstatus(h) != CONNECTION_OK) return lost(h);
 #ifdef LIBPQ_HAS_PIPELINING
@@ -798,5 +815,7 @@ inline bool libpq_connector::reset(handle h, bool discard_all) const noexcept {
     }
     return !discard_all || run("DISCARD ALL");
 }
+
+#endif // PQPOOL_DEFINITIONS
 
 } // namespace pqpool

@@ -23,6 +23,8 @@
 #include <pqpool/connection_info.hpp>
 #include <pqpool/deadline.hpp>
 #include <pqpool/detail/clock.hpp>
+#include <pqpool/detail/pointer_stack.hpp>
+#include <pqpool/detail/wait.hpp>
 #include <pqpool/error.hpp>
 #include <pqpool/lease.hpp>
 #include <pqpool/policies/observability.hpp>
@@ -122,7 +124,8 @@ public:
     using info = pool_record<connection_info<handle, time_point>, time_point, !obs_silent,
                              times_leases || tracks_leaks, tracks_leaks>;
 
-    pool_core(Connector c, Validation v, Recycling r, Overflow o, Retry rt, ForkSafety f, Observability ob)
+    pool_core(Connector c, Validation v, Recycling r, Overflow o, Retry rt, ForkSafety f, Concurrency cc,
+              Observability ob)
         : connector_(std::move(c)),
           validation_(std::move(v)),
           recycling_(std::move(r)),
@@ -130,9 +133,11 @@ public:
           retry_(std::move(rt)),
           fork_(std::move(f)),
           observer_(std::move(ob)),
+          concurrency_(std::move(cc)),
           generation_(fork_.generation()),
           adopting_(generation_.load()) {
-        idle_.reserve(std::min<std::size_t>(overflow_.keep_idle(), 1024));
+        if (!idle_.reserve(std::min<std::size_t>(overflow_.keep_idle(), 1024))) throw std::bad_alloc();
+        set_idle_limit();
         if constexpr (binds_epoch) connector_.bind_epoch(&epoch_);
     }
 
@@ -187,11 +192,12 @@ public:
 
     lease_type acquire(std::chrono::milliseconds timeout) {
         check_fork();
-        // The fast path: an idle connection, nobody waiting. One lock, a pop.
+        // The fast path: an idle connection, nobody waiting (or, barging, nobody
+        // waiting past its patience). One lock, a pop. (A closed pool has no
+        // idle connection.)
         mutex_.lock();
-        if (!closed_ && head_ == nullptr && !idle_.empty()) [[likely]] {
-            info* c = idle_.back();
-            idle_.pop_back();
+        if (!idle_.empty() && may_overtake()) [[likely]] {
+            info* c = idle_.pop();
             ++in_use_;
             mutex_.unlock();
             deadline_type until{timeout};
@@ -355,16 +361,16 @@ public:
         const bool keep = !broken && current_epoch(*c) && recycling_.keep_on_release(connector_, *c, now);
         if constexpr (timed) c->last_used = now;
         // The fast path: back on the idle stack, nobody waiting, nothing to trim.
+        // (idle_limit_ is 0 once the pool is closed.)
         mutex_.lock();
-        if (keep && !closed_ && head_ == nullptr && idle_.size() < overflow_.keep_idle() &&
-            idle_.size() < idle_.capacity()) [[likely]] {
+        if (keep && head_ == nullptr && idle_.size() < idle_limit_) [[likely]] {
             if constexpr (Recycling::uses_clock) {
                 if (!idle_.empty() && !recycling_.keep_idle(*idle_.front(), now, idle_.size() + 1)) [[unlikely]] {
                     release_slow(c, keep, now);
                     return;
                 }
             }
-            idle_.push_back(c); // within capacity: cannot throw
+            idle_.push(c);
             --in_use_;
             mutex_.unlock();
             return;
@@ -377,6 +383,17 @@ public:
     [[gnu::noinline]] void release_slow(info* c, bool keep, [[maybe_unused]] time_point now) noexcept {
         if (keep && !closed_) {
             if (waiter* w = head_) {
+                if constexpr (!Concurrency::fifo) {
+                    // Barging: back on the stack for whoever comes first, the
+                    // first waiter nudged to come and look, unless it has
+                    // waited past its patience.
+                    if (!w->starving && idle_.size() < overflow_.keep_idle() && push_idle(c)) {
+                        --in_use_;
+                        nudge();
+                        mutex_.unlock();
+                        return;
+                    }
+                }
                 serve(w, waiter::got_connection, c); // the connection passes on; in_use_ is unchanged
                 mutex_.unlock();
                 return;
@@ -387,7 +404,7 @@ public:
                     // Lazy idle trimming: one look at the connection idle the longest.
                     if (!recycling_.keep_idle(*idle_.front(), now, idle_.size())) {
                         info* oldest = idle_.front();
-                        idle_.erase(idle_.begin());
+                        idle_.erase(0);
                         ++in_use_; // counted until closed
                         mutex_.unlock();
                         notify_closed(event::retired, *oldest, retire_reason(*oldest, now));
@@ -433,7 +450,7 @@ public:
                         continue;
                     }
                     stale.push_back(idle_[i]);
-                    idle_.erase(idle_.begin() + static_cast<std::ptrdiff_t>(i));
+                    idle_.erase(i);
                     ++in_use_; // counted until closed
                 }
             }
@@ -504,13 +521,14 @@ public:
 
 private:
     void close_now() noexcept {
-        std::vector<info*> idle;
+        pointer_stack<info> idle;
         chain* parked = nullptr;
         {
             std::lock_guard lock(mutex_);
             if (closed_) return;
             closed_ = true;
-            idle.swap(idle_);
+            idle = std::move(idle_);
+            set_idle_limit();
             parked = std::exchange(parked_, nullptr);
             opening_ -= parked_count_;
             parked_count_ = 0;
@@ -577,8 +595,11 @@ private:
             return close_reason::recycled;
     }
 
-    // Why a returned connection was closed instead of kept.
-    close_reason returned_reason(const info& c, time_point now) const noexcept {
+    // Why a returned connection was closed instead of kept. (A template, as
+    // look_for_leaks is: an explicit instantiation of a pool whose records
+    // lack the fields they read, as src.hpp makes of pool<>, leaves them out.)
+    template <class Info = info>
+    close_reason returned_reason(const Info& c, time_point now) const noexcept {
         if (c.marked_broken) return close_reason::broken;
         if (!current_epoch(c) || !recycling_.keep_on_acquire(c, now)) return retire_reason(c, now);
         return close_reason::reset_failed; // kept by the limits, refused by the reset
@@ -656,6 +677,7 @@ private:
 
     // On the pool's own calls: at most once per threshold / 8 (one relaxed
     // load otherwise), report the leases out longer than the threshold.
+    template <class = void>
     void look_for_leaks(time_point now) noexcept {
         const auto t = now.time_since_epoch().count();
         auto due = leaks_.next_look.load(std::memory_order_relaxed);
@@ -725,9 +747,10 @@ private:
     };
 
     struct waiter {
-        enum state_t : unsigned char { waiting, got_connection, got_chain, failed, closed };
-        typename Concurrency::condition_type cv;
-        state_t state = waiting;
+        // nudged (barging only): a connection went idle; come and look, still in line.
+        enum state_t : unsigned char { waiting, got_connection, got_chain, failed, closed, nudged };
+        handoff<state_t, waiting> slot; // the outcome, published under the lock
+        bool starving = false;     // barging: waited past its patience; no longer overtaken
         bool accepts_chain = true; // false: its own connects failed; it waits for a returned connection
         bool holds_chain = false;  // waits out the backoff of a chain it drives
         bool first = false;        // served once before: queued ahead of callers that never were
@@ -795,13 +818,12 @@ private:
     grant take(deadline_type& until, bool first, bool may_connect) {
         std::unique_lock lock(mutex_);
         if (closed_) throw closed_error("pqpool: the pool is closed");
+        if (!idle_.empty() && (first || may_overtake())) {
+            grant g{grant::connection, idle_.pop()};
+            ++in_use_;
+            return g;
+        }
         if (head_ == nullptr || first) {
-            if (!idle_.empty()) {
-                grant g{grant::connection, idle_.back()};
-                idle_.pop_back();
-                ++in_use_;
-                return g;
-            }
             if (may_connect) {
                 if (chain* ch = pop_parked()) return grant{grant::permit, nullptr, false, ch};
                 if (may_open()) {
@@ -824,12 +846,13 @@ private:
                 w.accepts_chain = may_connect;
                 w.first = first;
                 wait_in_line(lock, w, until.get());
-                switch (w.state) {
+                switch (w.slot.state()) {
                 case waiter::waiting: throw_timeout(lock, until.wait(), &w);
                 case waiter::got_connection: return grant{grant::connection, w.conn, w.fresh};
                 case waiter::got_chain: return grant{grant::permit, nullptr, false, w.ch};
                 case waiter::failed: throw connect_error(*w.error);
-                case waiter::closed: break;
+                case waiter::closed:
+                case waiter::nudged: break;
                 }
                 throw closed_error("pqpool: the pool was closed while waiting");
             }
@@ -837,19 +860,88 @@ private:
     }
 
     // Queues `w` (at the front for a caller served before) and waits until it
-    // is served or `until` passes (then `w` is still `waiting`, and still in
-    // line: the caller takes it out with dequeue()).
+    // is served or `until` passes. Served: returns with the lock released and
+    // the outcome in `w`. Not served by `until`: returns with the lock held
+    // and `w` still `waiting` and still in line (the caller takes it out with
+    // dequeue()).
     void wait_in_line(std::unique_lock<typename Concurrency::mutex_type>& lock, waiter& w, time_point until) {
         if constexpr (Concurrency::can_wait) {
+            const std::chrono::nanoseconds spin = spin_for(w);
             enqueue(&w);
             ++waiting_;
             pass_permit(); // a parked chain or a free slot may be waiting for exactly this waiter
-            while (w.state == waiter::waiting) {
-                if (w.cv.wait_until(lock, until) == std::cv_status::timeout && w.state == waiter::waiting) return;
+            if constexpr (Concurrency::fifo) {
+                w.slot.wait(lock, spin, until, spin_gauge_);
+            } else {
+                // Barging: overtaken until its patience runs out; then the next
+                // connection returned is handed to it.
+                const time_point patient = std::min(until, saturating_add(clock::now(), concurrency_.max_patience()));
+                for (bool nudged_before = false;; nudged_before = true) {
+                    // After a nudge it lost, a waiter sleeps: spinning again would
+                    // take the CPU from the holders it waits for.
+                    const auto seen = w.slot.wait(lock, nudged_before ? std::chrono::nanoseconds{} : spin,
+                                                  w.starving ? until : patient, spin_gauge_);
+                    if (!lock.owns_lock()) {
+                        if (seen != waiter::nudged) return; // served
+                        lock.lock();
+                        if (w.slot.state() != waiter::nudged) { // served since
+                            lock.unlock();
+                            return;
+                        }
+                        w.slot.set(waiter::waiting);
+                        nudged_ = nullptr;
+                    } else if (!w.starving && clock::now() < until) {
+                        w.starving = true;
+                    } else {
+                        return; // its wait is over
+                    }
+                    if (!idle_.empty()) {
+                        dequeue(&w);
+                        w.conn = idle_.pop();
+                        ++in_use_;
+                        w.slot.set(waiter::got_connection);
+                        if (!idle_.empty()) nudge(); // more went idle meanwhile: the next waiter's
+                        lock.unlock();
+                        return;
+                    }
+                }
             }
         } else {
             (void)lock, (void)w, (void)until;
         }
+    }
+
+    // Under the lock, before `w` queues: how long it may spin for a hand-over.
+    // Only a caller that the connections in use could reach soon spins (the
+    // one at the front of the line when one connection is in use), and no
+    // more at once than half the CPUs, since a spinner takes a CPU from the
+    // holders it waits for; and not one waiting out its own connect's backoff
+    // (milliseconds).
+    std::chrono::nanoseconds spin_for(const waiter& w) const noexcept {
+        static const std::size_t half_the_cpus = std::max(1u, std::thread::hardware_concurrency() / 2);
+        const std::size_t ahead = w.first ? 0 : waiting_;
+        if (w.holds_chain || ahead >= std::min(in_use_, half_the_cpus)) return {};
+        return spin_gauge_.budget(concurrency_.max_spin());
+    }
+
+    // Barging, under the lock: a connection is idle while callers wait. Nudge
+    // the first waiter to come and take it, unless one is nudged already.
+    void nudge() noexcept {
+        if constexpr (!Concurrency::fifo) {
+            if (nudged_ == nullptr && head_ != nullptr) {
+                nudged_ = head_;
+                head_->slot.publish(waiter::nudged);
+            }
+        }
+    }
+
+    // May a caller that is not first in line take an idle connection? Only
+    // when nobody waits; barging, when no waiter has run out of patience.
+    bool may_overtake() const noexcept {
+        if constexpr (Concurrency::fifo)
+            return head_ == nullptr;
+        else
+            return head_ == nullptr || !head_->starving;
     }
 
     // Under the lock: a waiter whose wait ended leaves the line.
@@ -863,11 +955,10 @@ private:
                std::shared_ptr<const connect_error> error = nullptr) noexcept {
         unlink(w);
         --waiting_; // from now on it is no longer waiting, whenever it wakes
-        w->state = state;
         w->conn = c;
         w->ch = ch;
         w->error = std::move(error);
-        w->cv.notify_one();
+        w->slot.publish(state); // the last touch: the waiter may be gone from here on
     }
 
     [[noreturn]] void throw_exhausted(std::unique_lock<typename Concurrency::mutex_type>& lock, const char* why) {
@@ -1078,8 +1169,7 @@ private:
                 throw closed_error("pqpool: the pool was closed while connecting");
             }
             if (!idle_.empty()) { // never wait in line while a connection is idle
-                info* c = idle_.back();
-                idle_.pop_back();
+                info* c = idle_.pop();
                 ++in_use_;
                 return c;
             }
@@ -1088,10 +1178,10 @@ private:
             w.holds_chain = true;
             w.first = true;
             wait_in_line(lock, w, end);
-            if (w.state == waiter::waiting) dequeue(&w);
-            if (w.state == waiter::got_connection) return w.conn;
-            if (w.state == waiter::closed) {
-                lock.unlock();
+            const auto state = w.slot.state();
+            if (state == waiter::waiting) dequeue(&w); // the lock is held only then
+            if (state == waiter::got_connection) return w.conn;
+            if (state == waiter::closed) {
                 end_chain(ch, nullptr);
                 throw closed_error("pqpool: the pool was closed while connecting");
             }
@@ -1220,13 +1310,21 @@ private:
         delete c;
     }
 
+    // Out of memory growing the stack: false (the caller closes the
+    // connection rather than lose it).
     bool push_idle(info* c) noexcept {
-        try {
-            idle_.push_back(c);
-            return true;
-        } catch (...) { // out of memory: close it rather than lose it
-            return false;
+        if (idle_.size() == idle_.capacity()) {
+            if (!idle_.reserve(std::max<std::size_t>(4, 2 * idle_.capacity()))) return false;
+            set_idle_limit();
         }
+        idle_.push(c);
+        return true;
+    }
+
+    // The release fast path pushes while the stack is below this: within its
+    // capacity and what the overflow policy keeps idle; 0 once closed.
+    void set_idle_limit() noexcept {
+        idle_limit_ = closed_ ? 0 : std::min(idle_.capacity(), overflow_.keep_idle());
     }
 
     // Room for one more connection, and for one more connect in flight?
@@ -1243,6 +1341,9 @@ private:
     // failing server while connections are out that will come back.
     void pass_permit() noexcept {
         if (closed_) return;
+        if constexpr (!Concurrency::fifo) {
+            if (!idle_.empty()) return nudge(); // barging: an idle connection first, not a new one
+        }
         for (waiter* w = head_; w; w = w->next) {
             if (w->holds_chain) continue;
             if (!w->accepts_chain && failing_ && (in_use_ != 0 || !idle_.empty())) return;
@@ -1326,6 +1427,7 @@ private:
         opening_ = 0;
         waiting_ = 0;
         head_ = tail_ = nullptr;
+        nudged_ = nullptr;
         generation_.store(now_gen, std::memory_order_release);
     }
 
@@ -1366,6 +1468,9 @@ private:
     }
 
     void unlink(waiter* w) noexcept {
+        if constexpr (!Concurrency::fifo) {
+            if (w == nudged_) nudged_ = nullptr;
+        }
         (w->prev ? w->prev->next : head_) = w->next;
         (w->next ? w->next->prev : tail_) = w->prev;
         w->prev = w->next = nullptr;
@@ -1378,8 +1483,12 @@ private:
     [[no_unique_address]] Retry retry_;
     [[no_unique_address]] ForkSafety fork_;
     [[no_unique_address]] Observability observer_;
+    [[no_unique_address]] Concurrency concurrency_;
     mutable typename Concurrency::mutex_type mutex_;
-    std::vector<info*> idle_; // a stack: the most recently returned connection is reused first
+    pointer_stack<info> idle_; // the most recently returned connection is reused first
+    std::size_t idle_limit_ = 0;
+    spin_gauge spin_gauge_;
+    waiter* nudged_ = nullptr; // barging: the waiter nudged to take an idle connection
     std::size_t in_use_ = 0;
     std::size_t opening_ = 0;       // chains, parked ones included
     std::size_t waiting_ = 0;       // callers in line, not yet served
