@@ -57,16 +57,22 @@ bool start_unfinished(const libpq_connector& c, libpq_connector::attempt& a) {
 
 TEST_CASE("libpq_connector: 1 ms deadlines finish a TLS handshake over several calls", "[integration][libpq]") {
     const libpq_connector c{sbx().tls()};
-    libpq_connector::attempt a;
-    CHECK_FALSE(a.in_progress());
+    // On a loaded machine (or under TSan) the client may be slow enough that the server has
+    // answered each step before the next is tried, and one call then connects outright: the
+    // connect is tried again, up to 10 times, until one takes several calls.
     int calls = 0;
-    scoped h{c, drive(c, a, 1ms, calls)};
+    for (int tries = 0; tries < 10 && calls <= 1; ++tries) {
+        libpq_connector::attempt a;
+        CHECK_FALSE(a.in_progress());
+        calls = 0;
+        scoped h{c, drive(c, a, 1ms, calls)};
+        REQUIRE(h.h != nullptr);
+        CHECK_FALSE(a.in_progress());
+        CHECK(PQsslInUse(h.h) == 1);
+        CHECK(query(h.h, "SELECT 1") == "1");
+    }
     CAPTURE(calls);
-    REQUIRE(h.h != nullptr);
     CHECK(calls > 1);
-    CHECK_FALSE(a.in_progress());
-    CHECK(PQsslInUse(h.h) == 1);
-    CHECK(query(h.h, "SELECT 1") == "1");
 }
 
 TEST_CASE("libpq_connector: deadlines already passed still make the progress that needs no waiting",
