@@ -223,6 +223,11 @@ public:
     /// read), OpenSSL's parse of the files named; no network I/O.
     explicit libpq_connector(std::string_view conninfo_or_uri, libpq_options options = {});
 
+    /// As above; a null pointer (`std::getenv` of a variable that is not set)
+    /// is a `config_error`, not a crash.
+    explicit libpq_connector(const char* conninfo_or_uri, libpq_options options = {})
+        : libpq_connector(checked_conninfo(conninfo_or_uri), std::move(options)) {}
+
     /// Starts `a` if it is empty, then drives it until the connection is
     /// open and its setup statements have run (returns it, idle; `a` is
     /// empty again), until `deadline` passes (returns null; `a` keeps its
@@ -392,6 +397,13 @@ public:
 private:
     friend struct detail::libpq_connector_access;
     using state = detail::libpq_attempt_state;
+
+    static std::string_view checked_conninfo(const char* conninfo_or_uri) {
+        if (!conninfo_or_uri)
+            throw config_error("pqpool: the connection string is a null pointer (std::getenv of a variable "
+                               "that is not set?)");
+        return conninfo_or_uri;
+    }
 
     [[noreturn]] void fail_connect(const std::string& what, std::string sqlstate, bool transient) const {
         throw connect_error("pqpool: cannot connect to " + description_ + ": " + what, std::move(sqlstate),
