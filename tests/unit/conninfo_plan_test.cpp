@@ -1,16 +1,19 @@
 // The connector's pure parts, without a server: the per-host plan (one libpq
 // connection per host, target_session_attrs passes, TCP defaults), the
-// resolved connect timeout, libpq's keyword lists, whole-token scrubbing, and
-// the fork gate's mechanics.
+// resolved connect timeout, libpq's keyword lists, whole-token scrubbing, the
+// fork gate's mechanics, and the bound on cancels in flight.
 
 #include "catch.hpp"
+#include "sockets.hpp"
 
 #include <pqpool/connector/libpq.hpp>
 #include <pqpool/detail/conninfo.hpp>
 #include <pqpool/detail/connect_failure.hpp>
 #include <pqpool/detail/fork_gate.hpp>
+#include <pqpool/detail/libpq_io.hpp>
 #include <pqpool/detail/redact.hpp>
 
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -286,4 +289,45 @@ TEST_CASE("connect_failure: which errors on an open connection say its server we
     CHECK_FALSE(detail::role_lost(wanted_role::prefer_standby, "off", "off", false)); // fell back to a primary
     CHECK_FALSE(detail::role_lost(wanted_role::any, "on", "on", true));
     CHECK_FALSE(detail::role_lost(wanted_role::read_write, nullptr, nullptr, false)); // a server before 14
+}
+
+TEST_CASE("cancel: at most max_cancels_in_flight cancels hang on a dead path at once, and past them none is tried",
+          "[unit][libpq][cancel]") {
+    namespace net = pqpool::test::net;
+    using pqpool::detail::cancels_in_flight;
+    using pqpool::detail::max_cancels_in_flight;
+    REQUIRE(cancels_in_flight().load() == 0);
+    // A listener that never accepts: each connection (the connect's own, and each cancel's) waits
+    // in its backlog, and a cancel request sent there is never answered (a hung server behind a
+    // load balancer): PQcancel, which takes no timeout, waits until the socket closes.
+    const int listener = net::listen_loopback(64);
+    const std::string conninfo =
+        "host=127.0.0.1 port=" + std::to_string(net::local_port(listener)) + " sslmode=disable connect_timeout=30";
+    constexpr int connections = max_cancels_in_flight + 4;
+    std::vector<PGconn*> conns;
+    for (int i = 0; i < connections; ++i) {
+        conns.push_back(PQconnectStart(conninfo.c_str()));
+        REQUIRE(conns.back());
+        REQUIRE(PQsocket(conns.back()) >= 0); // connecting: it has a socket and an address to cancel at
+    }
+    for (PGconn* c : conns) pqpool::detail::cancel_running(c, 20ms);
+    CHECK(cancels_in_flight().load() == max_cancels_in_flight);
+    // Each connection that reached the listener: the connects, and one per cancel tried.
+    std::vector<int> accepted;
+    const auto take = [&] {
+        for (int fd; (fd = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC)) >= 0;) accepted.push_back(fd);
+    };
+    for (int i = 0; i < 100 && accepted.size() < std::size_t{connections + max_cancels_in_flight}; ++i) {
+        take();
+        std::this_thread::sleep_for(10ms);
+    }
+    std::this_thread::sleep_for(100ms); // a cancel past the limit would have connected by now
+    take();
+    CHECK(accepted.size() == std::size_t{connections + max_cancels_in_flight});
+    // Closing the path ends the hung cancels, and their places are free again.
+    for (int fd : accepted) ::close(fd);
+    ::close(listener);
+    for (int i = 0; i < 500 && cancels_in_flight().load() != 0; ++i) std::this_thread::sleep_for(10ms);
+    CHECK(cancels_in_flight().load() == 0);
+    for (PGconn* c : conns) PQfinish(c);
 }

@@ -65,7 +65,10 @@ struct libpq_options {
     /// How long each setup statement, and each `reset`, may take.
     std::chrono::milliseconds io_timeout{std::chrono::seconds{10}};
     /// How long `close` waits for the cancel of a command still running
-    /// before it closes the connection anyway.
+    /// before it closes the connection anyway. A cancel that is never answered
+    /// runs on, on a thread of its own, until the path's keepalives or
+    /// `tcp_user_timeout` end it; at most 8 do per process, and past them a
+    /// connection is closed without a cancel.
     std::chrono::milliseconds cancel_timeout{std::chrono::seconds{1}};
     /// Statements run on every new connection, in order, before the pool sees
     /// it (e.g. `"SET search_path TO app"`). Each may hold several statements

@@ -13,9 +13,11 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <climits>
@@ -225,17 +227,49 @@ inline exec_result exec_until(PGconn* h, const char* sql, io_clock::time_point d
 // ---------------------------------------------------------------------------
 // Cancelling a running command
 
+// PQcancel takes no timeout: a cancel whose connection is accepted and never
+// answered (a hung server, or a proxy or load balancer in front of one) waits
+// until the connection's keepalives or tcp_user_timeout end it, or forever
+// when the peer keeps acknowledging. So at most this many cancels are in
+// flight per process; beyond it, close() closes without cancelling (the
+// command runs on in the server until it ends or the server notices the
+// client is gone).
+inline constexpr int max_cancels_in_flight = 8;
+
+// The cancels in flight in this process. A child starts at zero: its
+// parent's cancel threads do not exist there.
+inline std::atomic<int>& cancels_in_flight() noexcept {
+    static std::atomic<int>* const n = [] {
+        auto* p = new std::atomic<int>{0}; // never destroyed: a cancel thread may outlive static destruction
+        ::pthread_atfork(nullptr, nullptr, [] { cancels_in_flight().store(0, std::memory_order_relaxed); });
+        return p;
+    }();
+    return *n;
+}
+
 // Asks the server to cancel what `h` is running, waiting at most `timeout`.
 //
 // libpq 15's PQcancel blocks (its own TCP connect, a write, a read until the
 // server closes) and takes no timeout; it does apply the connection's
 // keepalive and tcp_user_timeout settings. So it runs on a short-lived
-// detached thread that owns everything it uses, and the caller waits for it
-// at most `timeout`; a slower cancel finishes (or fails) on its own. If no
-// thread can be made, nothing is cancelled.
+// detached thread that owns everything it uses (a copy of the cancel key and
+// address, and the flag below: nothing of the connection, connector or pool,
+// so it may outlive them all, and the process's static destruction), and the
+// caller waits for it at most `timeout`; a slower cancel finishes (or fails)
+// on its own. At most max_cancels_in_flight at once per process; when they
+// are all taken, or no thread can be made, nothing is cancelled. PQcancel
+// takes no lock a fork could leave held (no resolver, no TLS in libpq 15).
 inline void cancel_running(PGconn* h, std::chrono::milliseconds timeout) noexcept {
+    std::atomic<int>& in_flight = cancels_in_flight();
+    if (in_flight.fetch_add(1, std::memory_order_acq_rel) >= max_cancels_in_flight) {
+        in_flight.fetch_sub(1, std::memory_order_acq_rel);
+        return;
+    }
     PGcancel* cancel = PQgetCancel(h);
-    if (!cancel) return;
+    if (!cancel) {
+        in_flight.fetch_sub(1, std::memory_order_acq_rel);
+        return;
+    }
     struct done_flag {
         std::mutex m;
         std::condition_variable cv;
@@ -244,10 +278,11 @@ inline void cancel_running(PGconn* h, std::chrono::milliseconds timeout) noexcep
     std::shared_ptr<done_flag> flag;
     try {
         flag = std::make_shared<done_flag>();
-        std::thread([cancel, flag] {
+        std::thread([cancel, flag, &in_flight] {
             char err[256];
             (void)PQcancel(cancel, err, sizeof err);
             PQfreeCancel(cancel);
+            in_flight.fetch_sub(1, std::memory_order_acq_rel);
             {
                 const std::lock_guard<std::mutex> lock(flag->m);
                 flag->done = true;
@@ -256,6 +291,7 @@ inline void cancel_running(PGconn* h, std::chrono::milliseconds timeout) noexcep
         }).detach();
     } catch (...) {
         PQfreeCancel(cancel);
+        in_flight.fetch_sub(1, std::memory_order_acq_rel);
         return;
     }
     std::unique_lock<std::mutex> lock(flag->m);
