@@ -167,15 +167,19 @@ inline std::string date_problem(X509* x) {
     return cert;
 }
 
-// libpq (14 and later) refuses a key file that others may read: owned by the
-// user, at most u=rw (0600); owned by root, at most u=rw,g=r (0640). A file
-// owned by someone else is not checked.
+// libpq's rule (fe-secure-openssl.c, as in 15.x: PostgreSQL's "libpq-ssl"
+// documentation): a key file owned by root may grant its group read access,
+// at most u=rw,g=r (0640); a key file owned by anyone else (the current user
+// or not: if we can read it despite such a mode, it is ours to use) must
+// grant its group and others nothing, at most u=rw (0600).
+[[gnu::cold]] inline bool key_mode_refused(uid_t owner, mode_t mode) noexcept {
+    return owner == 0 ? (mode & (S_IWGRP | S_IXGRP | S_IRWXO)) != 0 : (mode & (S_IRWXG | S_IRWXO)) != 0;
+}
+
 [[gnu::cold]] inline void check_key_permissions(const std::string& path) {
     struct stat st {};
     if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return;
-    const bool refused = (st.st_uid == ::geteuid() && (st.st_mode & (S_IRWXG | S_IRWXO)) != 0) ||
-                         (st.st_uid == 0 && (st.st_mode & (S_IWGRP | S_IXGRP | S_IRWXO)) != 0);
-    if (!refused) return;
+    if (!key_mode_refused(st.st_uid, st.st_mode)) return;
     char mode[8];
     std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
     fail("sslkey", path,
