@@ -152,3 +152,27 @@ TEST_CASE("tls files: sslkey that matches no certificate, is readable by others,
     CHECK(msg.find("Zq9") == std::string::npos);
     CHECK(refusal("sslcert=" + crt + " sslkey=" + enc + " sslpassword=" + secret).empty());
 }
+
+TEST_CASE("tls files: an encrypted sslkey whose sslpassword a credentials callable gives is left to the connect",
+          "[unit][libpq][tls][credentials]") {
+    temp_dir d;
+    auto k = make_key();
+    auto cert = make_cert(k.get(), -day, 30 * day, "client");
+    const std::string crt = d.write_cert("client.crt", cert.get());
+    const std::string enc = d.write_key("enc.key", k.get(), 0600, "Zv3-from-the-vault");
+    libpq_options with_callable;
+    with_callable.credentials = [](const connect_host&) {
+        return connect_credentials{.parameters = {{"sslpassword", "Zv3-from-the-vault"}}};
+    };
+    const std::string files = "host=127.0.0.1 port=1 dbname=x user=x sslmode=require sslcert=" + crt + " sslkey=" + enc;
+    CHECK_NOTHROW(libpq_connector{files, with_callable});
+    // Also when the connection string's own sslpassword does not open it: the callable may give another.
+    CHECK_NOTHROW(libpq_connector{files + " sslpassword=Zv3-old", with_callable});
+    // Without a callable nothing could give it: refused as before.
+    CHECK_THROWS_WITH(libpq_connector{files}, Catch::Contains("is encrypted and no sslpassword is given"));
+    // The key's other checks still hold with a callable.
+    const std::string open_key = d.write_key("open.key", k.get(), 0604, "Zv3-from-the-vault");
+    CHECK_THROWS_WITH((libpq_connector{"host=127.0.0.1 port=1 sslmode=require sslcert=" + crt + " sslkey=" + open_key,
+                                       with_callable}),
+                      Catch::Contains("has group or world access"));
+}

@@ -218,7 +218,9 @@ public:
     /// `sslmode=disable`) one that OpenSSL finds wrong: not PEM (a key may
     /// also be DER), a certificate expired or not yet valid (a root bundle:
     /// none valid), a key that does not match `sslcert` or cannot be
-    /// decrypted with `sslpassword`, a key file with permissions libpq refuses
+    /// decrypted with `sslpassword` (unless `libpq_options::credentials` is
+    /// set: it may give `sslpassword` at each connect, so an encrypted key is
+    /// then left to the connect), a key file with permissions libpq refuses
     /// (each names the file and the problem); and what
     /// `libpq_options::check` refuses. No message quotes a password. Cost: a
     /// parse, `PQconndefaults` (which looks up the user's name), a few
@@ -493,7 +495,7 @@ PQPOOL_DECL libpq_connector::libpq_connector(std::string_view conninfo_or_uri, l
     options_.check();
     detail::parsed_conninfo ci = detail::parse_conninfo(conninfo_or_uri);
     detail::check_conninfo(ci);
-    detail::check_tls_files(ci);
+    detail::check_tls_files(ci, static_cast<bool>(options_.credentials));
     const detail::libpq_defaults env = detail::libpq_defaults::read();
     connect_timeout_ = detail::resolve_connect_timeout(ci, env, options_.connect_timeout);
     plan_ = detail::plan_connects(ci, env);
