@@ -20,6 +20,11 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -218,6 +223,83 @@ TEST_CASE("fork gate: fork() waits for a connect step in flight, and the child m
     CHECK(waited >= 200ms);
     // And the parent's gate is open again.
     detail::fork_gate::step gate;
+}
+
+namespace {
+
+// Aborts the test program (a loud failure) unless disarmed within `limit`:
+// for code whose failure is a deadlock.
+class watchdog {
+public:
+    explicit watchdog(std::chrono::seconds limit)
+        : thread_([this, limit] {
+              std::unique_lock lock(m_);
+              if (!cv_.wait_for(lock, limit, [&] { return done_; })) {
+                  std::fputs("watchdog: deadlocked\n", stderr);
+                  std::abort();
+              }
+          }) {}
+    ~watchdog() {
+        {
+            const std::lock_guard lock(m_);
+            done_ = true;
+        }
+        cv_.notify_all();
+        thread_.join();
+    }
+
+private:
+    std::mutex m_;
+    std::condition_variable cv_;
+    bool done_ = false;
+    std::thread thread_;
+};
+
+int wait_child(pid_t pid) {
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    REQUIRE(WIFEXITED(status));
+    return WEXITSTATUS(status);
+}
+
+} // namespace
+
+TEST_CASE("fork gate: steps nest, and a thread inside one may fork, even while another thread forks",
+          "[unit][libpq]") {
+    detail::fork_gate::install();
+    const watchdog dog{20s};
+    {
+        // A credentials callable (a step) that signs an RDS token (a nested step) and runs a
+        // program (fork) from inside both.
+        detail::fork_gate::step outer;
+        detail::fork_gate::step inner;
+        const pid_t pid = ::fork();
+        REQUIRE(pid >= 0);
+        if (pid == 0) ::_exit(0);
+        CHECK(wait_child(pid) == 0);
+    }
+    // Thread A is inside a step when thread B forks (B's fork waits for A's step), and then A
+    // forks too, from inside its step: neither waits for the other forever.
+    std::atomic<bool> inside{false}, b_forked{false};
+    pid_t a_child = -1, b_child = -1;
+    std::thread a([&] {
+        detail::fork_gate::step gate;
+        inside = true;
+        std::this_thread::sleep_for(200ms); // B is in its fork's prepare handler by now, waiting for this step
+        a_child = ::fork();
+        if (a_child == 0) ::_exit(0);
+        while (!b_forked) std::this_thread::yield(); // alive at B's fork (see the test above)
+    });
+    while (!inside) std::this_thread::yield();
+    b_child = ::fork();
+    if (b_child == 0) ::_exit(0);
+    b_forked = true;
+    a.join();
+    REQUIRE(a_child > 0);
+    REQUIRE(b_child > 0);
+    CHECK(wait_child(a_child) == 0);
+    CHECK(wait_child(b_child) == 0);
+    detail::fork_gate::step after; // and the gate is open again
 }
 
 TEST_CASE("connect_failure: a failed connect's message, SQLSTATE and transience", "[unit][libpq]") {

@@ -168,10 +168,13 @@ struct libpq_connector_access;
 /// Across `fork()`: the first connector a process builds installs a
 /// `pthread_atfork` handler that makes `fork()` wait until no thread is inside
 /// one of the connector's libpq connect steps or `PQfinish` calls (each one
-/// non-blocking call, or a host-name lookup), and holds new ones until the
-/// fork is done. So a child can connect although a thread of the parent was
-/// connecting at the fork (the locks OpenSSL, GSSAPI and the resolver take
-/// are free). Not covered: threads of the program that call libpq themselves
+/// non-blocking call, or a host-name lookup), its TLS file checks or
+/// `libpq_options::credentials` calls (a slow callable delays the fork as
+/// long), and holds new ones until the fork is done. So a child can connect
+/// although a thread of the parent was connecting at the fork (the locks
+/// OpenSSL, GSSAPI, the resolver and the callable take are free). The
+/// callable may fork itself (run a program); it must not wait for another
+/// thread that starts a connect. Not covered: threads of the program that call libpq themselves
 /// (`PQconnectdb`, `PQcancel`, queries over TLS), or other libraries holding
 /// those locks at the fork. A child must not use the connections or attempts
 /// it inherited, except through `abandon` and `abandon_connect`.
@@ -493,10 +496,18 @@ PQPOOL_DECL bool libpq_connector::ping(handle h, clock::time_point deadline) con
 PQPOOL_DECL libpq_connector::libpq_connector(std::string_view conninfo_or_uri, libpq_options options)
     : options_(std::move(options)) {
     options_.check();
+    detail::fork_gate::install();
     detail::parsed_conninfo ci = detail::parse_conninfo(conninfo_or_uri);
     detail::check_conninfo(ci);
-    detail::check_tls_files(ci, static_cast<bool>(options_.credentials));
-    const detail::libpq_defaults env = detail::libpq_defaults::read();
+    detail::libpq_defaults env;
+    {
+        // OpenSSL's locks (the TLS file checks) and NSS's (PQconndefaults
+        // looks up the user's name) are never held at a fork: no wait, no
+        // network I/O, so a fork waits at most for a few file reads.
+        detail::fork_gate::step gate;
+        detail::check_tls_files(ci, static_cast<bool>(options_.credentials));
+        env = detail::libpq_defaults::read();
+    }
     connect_timeout_ = detail::resolve_connect_timeout(ci, env, options_.connect_timeout);
     plan_ = detail::plan_connects(ci, env);
     description_ = detail::describe(ci, env);
@@ -510,7 +521,6 @@ PQPOOL_DECL libpq_connector::libpq_connector(std::string_view conninfo_or_uri, l
     secrets_ = std::move(ci.secrets);
     // PGPASSWORD and friends: libpq never echoes them, but cheap insurance.
     secrets_.insert(secrets_.end(), env.secrets.begin(), env.secrets.end());
-    detail::fork_gate::install();
 }
 
 // Calls libpq_options::credentials for the host about to be tried and merges
@@ -527,6 +537,9 @@ PQPOOL_DECL bool libpq_connector::fetch_credentials(state& s, std::vector<std::s
         return false;
     };
     try {
+        // Inside the fork gate: whatever locks the callable takes (its HTTP
+        // client's, OpenSSL's, its own cache's) are never held at a fork.
+        detail::fork_gate::step gate;
         c = options_.credentials(connect_host{t.host, t.hostaddr, t.port, dbname_, user_});
     } catch (const connect_error& e) {
         return failed(e.what(), e.sqlstate(), e.transient());
