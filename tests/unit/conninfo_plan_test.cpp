@@ -9,6 +9,7 @@
 #include <pqpool/connector/libpq.hpp>
 #include <pqpool/detail/conninfo.hpp>
 #include <pqpool/detail/connect_failure.hpp>
+#include <pqpool/detail/connection_watch.hpp>
 #include <pqpool/detail/fork_gate.hpp>
 #include <pqpool/detail/libpq_io.hpp>
 #include <pqpool/detail/redact.hpp>
@@ -336,41 +337,119 @@ TEST_CASE("connect_failure: a failed connect's message, SQLSTATE and transience"
 TEST_CASE("connect_failure: which errors on an open connection say its server went away or changed role",
           "[unit][libpq][epoch]") {
     using detail::wanted_role;
+    // The server's last word to this session: it is going away.
     for (const char* code : {"08000", "08003", "08006", "08P01", "57P01", "57P02", "57P03"}) {
         CAPTURE(code);
-        CHECK(detail::server_changed(code, wanted_role::any));
-        CHECK(detail::server_changed(code, wanted_role::read_write));
+        CHECK(detail::server_gone(code, "FATAL"));
+        // As an ERROR the session goes on: about another server (dblink's 08001), not this one.
+        CHECK_FALSE(detail::server_gone(code, "ERROR"));
+        CHECK_FALSE(detail::server_gone(code, ""));
     }
-    // An idle session timeout, too many connections, a query's own error: this connection only.
-    for (const char* code : {"57P05", "53300", "22012", "23505", "40001", "", "08"}) {
+    CHECK_FALSE(detail::server_gone("08001", "ERROR")); // dblink_connect to an unreachable remote
+    CHECK(detail::server_gone("XX000", "PANIC"));       // the whole server goes down
+    // Other FATALs end this session only: an idle session timeout, an idle transaction's timeout.
+    for (const char* code : {"57P05", "25P03", "53300", "22012", "23505", "40001", "", "08"}) {
         CAPTURE(code);
-        CHECK_FALSE(detail::server_changed(code, wanted_role::read_write));
+        CHECK_FALSE(detail::server_gone(code, "FATAL"));
     }
-    // A read-only transaction: a role change only when the pool asked for read-write servers.
-    CHECK(detail::server_changed("25006", wanted_role::read_write));
+    // A read-only transaction: only a suspicion, and only when the pool asked for read-write servers.
+    CHECK(detail::read_only_suspected("25006", wanted_role::read_write));
+    CHECK_FALSE(detail::read_only_suspected("25P03", wanted_role::read_write));
     for (auto role : {wanted_role::any, wanted_role::primary, wanted_role::read_only, wanted_role::standby,
                       wanted_role::prefer_standby})
-        CHECK_FALSE(detail::server_changed("25006", role));
+        CHECK_FALSE(detail::read_only_suspected("25006", role));
 
     CHECK(detail::wanted_role_of("read-write") == wanted_role::read_write);
     CHECK(detail::wanted_role_of("prefer-standby") == wanted_role::prefer_standby);
     CHECK(detail::wanted_role_of("any") == wanted_role::any);
     CHECK(detail::wanted_role_of("") == wanted_role::any);
 
-    // The server's reported in_hot_standby / default_transaction_read_only, as libpq's own check reads them.
-    CHECK(detail::role_lost(wanted_role::read_write, "on", "off", false));  // demoted to a standby
-    CHECK(detail::role_lost(wanted_role::read_write, "off", "on", false));  // fenced read-only
-    CHECK_FALSE(detail::role_lost(wanted_role::read_write, "off", "off", false));
-    CHECK(detail::role_lost(wanted_role::primary, "on", "off", false));
-    CHECK_FALSE(detail::role_lost(wanted_role::primary, "off", "on", false)); // read-only, but still a primary
-    CHECK(detail::role_lost(wanted_role::standby, "off", "off", true));      // promoted
-    CHECK_FALSE(detail::role_lost(wanted_role::standby, "on", "on", true));
-    CHECK(detail::role_lost(wanted_role::read_only, "off", "off", false));
-    CHECK_FALSE(detail::role_lost(wanted_role::read_only, "off", "on", false));
-    CHECK(detail::role_lost(wanted_role::prefer_standby, "off", "off", true)); // its standby was promoted
-    CHECK_FALSE(detail::role_lost(wanted_role::prefer_standby, "off", "off", false)); // fell back to a primary
-    CHECK_FALSE(detail::role_lost(wanted_role::any, "on", "on", true));
-    CHECK_FALSE(detail::role_lost(wanted_role::read_write, nullptr, nullptr, false)); // a server before 14
+    // A server's state (in hot standby; read-only by default), as libpq's own check reads it.
+    CHECK(detail::role_lost(wanted_role::read_write, true, false, false));  // demoted to a standby
+    CHECK(detail::role_lost(wanted_role::read_write, false, true, false));  // fenced read-only
+    CHECK_FALSE(detail::role_lost(wanted_role::read_write, false, false, false));
+    CHECK(detail::role_lost(wanted_role::primary, true, false, false));
+    CHECK_FALSE(detail::role_lost(wanted_role::primary, false, true, false)); // read-only, but still a primary
+    CHECK(detail::role_lost(wanted_role::standby, false, false, true));      // promoted
+    CHECK_FALSE(detail::role_lost(wanted_role::standby, true, true, true));
+    CHECK(detail::role_lost(wanted_role::read_only, false, false, false));
+    CHECK_FALSE(detail::role_lost(wanted_role::read_only, false, true, false));
+    CHECK(detail::role_lost(wanted_role::prefer_standby, false, false, true)); // its standby was promoted
+    CHECK_FALSE(detail::role_lost(wanted_role::prefer_standby, false, false, false)); // fell back to a primary
+    CHECK_FALSE(detail::role_lost(wanted_role::any, true, true, true));
+}
+
+TEST_CASE("connection watch: only evidence about the pool's own server moves the epoch, and what the session may "
+          "have done itself is a suspicion, confirmed with the server",
+          "[unit][libpq][epoch]") {
+    using detail::wanted_role;
+    std::atomic<std::uint64_t> epoch{0};
+    auto watch = [&](wanted_role role, bool standby = false) {
+        auto b = std::make_shared<detail::epoch_binding>();
+        b->role = role;
+        b->epoch.store(&epoch);
+        detail::connection_watch w;
+        w.binding = std::move(b);
+        w.born = epoch.load();
+        w.was_standby = w.standby_seen = standby;
+        return w;
+    };
+    SECTION("a FATAL 57P01 moves it; dblink's ERROR 08001 and an idle session's FATAL 57P05 do not") {
+        auto w = watch(wanted_role::any);
+        w.saw_error("08001", "ERROR");
+        w.saw_error("57P05", "FATAL");
+        CHECK(epoch == 0);
+        CHECK(w.fatal_seen);
+        w.saw_error("57P01", "FATAL");
+        CHECK(epoch == 1);
+        w.saw_loss(); // the close after the FATAL: judged by the FATAL already
+        CHECK(epoch == 1);
+    }
+    SECTION("a connection lost without a word moves it") {
+        auto w = watch(wanted_role::any);
+        w.saw_loss();
+        CHECK(epoch == 1);
+    }
+    SECTION("a 25006 on a read-write pool is a suspicion; the server's answer decides") {
+        auto w = watch(wanted_role::read_write);
+        w.saw_error("25006", "ERROR");
+        CHECK(w.suspect);
+        CHECK(epoch == 0);
+        CHECK_FALSE(w.confirm(false, false)); // the application's own BEGIN READ ONLY
+        CHECK_FALSE(w.suspect);
+        CHECK(epoch == 0);
+        w.saw_error("25006", "ERROR");
+        CHECK(w.confirm(false, true)); // the server is read-only for every new session: fenced
+        CHECK(epoch == 1);
+    }
+    SECTION("a reported default_transaction_read_only is a suspicion, once per change; in_hot_standby is the "
+            "server's own") {
+        auto w = watch(wanted_role::read_write);
+        w.saw_role("off", "on"); // SET default_transaction_read_only = on, or a reload: cannot tell
+        CHECK(w.suspect);
+        CHECK(epoch == 0);
+        CHECK_FALSE(w.confirm(false, false));
+        w.saw_role("off", "on"); // the same value again: nothing new
+        CHECK_FALSE(w.suspect);
+        w.saw_role("off", "off");
+        CHECK_FALSE(w.suspect);
+        auto s = watch(wanted_role::standby, true);
+        s.saw_role("on", "off");
+        CHECK(epoch == 0);
+        s.saw_role("off", "off"); // promoted: no session can do that
+        CHECK(epoch == 1);
+        CHECK_FALSE(s.suspect);
+        auto old = watch(wanted_role::read_write);
+        old.saw_role(nullptr, nullptr); // a server before 14 reports neither
+        CHECK_FALSE(old.suspect);
+    }
+    SECTION("a pool that asked for any server suspects nothing") {
+        auto w = watch(wanted_role::any);
+        w.saw_error("25006", "ERROR");
+        w.saw_role("off", "on");
+        CHECK_FALSE(w.suspect);
+        CHECK(epoch == 0);
+    }
 }
 
 TEST_CASE("cancel: at most max_cancels_in_flight cancels hang on a dead path at once, and past them none is tried",

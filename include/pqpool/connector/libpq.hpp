@@ -323,8 +323,11 @@ public:
     /// notice receiver on each connection that notices it and hands every
     /// notice on to libpq's default one (an application that installs its own
     /// receiver on a leased connection turns this early detection off for that
-    /// connection; the close is still seen). Cost: one `poll()` syscall; when
-    /// data is waiting, one read, a parse and one more `poll()`.
+    /// connection; the close is still seen). False too for a connection of a
+    /// watched `read-write` pool that showed a sign its server may have
+    /// turned read-only (see `bind_epoch`) not yet confirmed by `reset`.
+    /// Cost: one `poll()` syscall; when data is waiting, one read, a parse
+    /// and one more `poll()`.
     bool probe(handle h) const noexcept;
 
     /// Was the connection lost (`PQstatus` is `CONNECTION_BAD`)? Costs nothing:
@@ -345,8 +348,12 @@ public:
     /// true when it succeeded and left the connection idle. A command still
     /// running, unread results, COPY, pipeline mode, or a broken connection:
     /// false. With `discard_all`, then `DISCARD ALL`, true only if it
-    /// succeeded. Everything together is bounded by `io_timeout`. Cost: none
-    /// when idle without `discard_all`, else one round trip per statement.
+    /// succeeded. A connection of a watched `read-write` pool that showed a
+    /// sign its server may have turned read-only (see `bind_epoch`): then
+    /// asks the server, false (and the epoch moves) when it is. Everything
+    /// together is bounded by `io_timeout`. Cost: none when idle without
+    /// `discard_all`, else one round trip per statement (and one for a sign
+    /// to confirm).
     bool reset(handle h, bool discard_all) const noexcept;
 
     /// "host=… port=… dbname=… user=…" of the server, for messages and logs.
@@ -366,16 +373,20 @@ public:
     /// Called by the pool that owns this connector (and again with null when
     /// the pool goes): from then on, each connection it opens watches its
     /// server and moves `*epoch` when the server goes away or changes role,
-    /// so that the pool retires every connection opened before. What counts:
-    /// an error with SQLSTATE class 08, 57P01, 57P02 or 57P03 on an open
-    /// connection (a FATAL sent to an idle one included); a connection found
-    /// lost without a word by `probe`, `ping` or `reset`; with
-    /// `target_session_attrs=read-write`, an error 25006 (read-only
-    /// transaction); and a server whose reported `in_hot_standby` or
-    /// `default_transaction_read_only` (PostgreSQL 14 and later report them
-    /// when they change: a promotion, a reload) no longer fits
-    /// `target_session_attrs` (for `prefer-standby`: a standby that was
-    /// promoted). Once per event: connections that saw the same event after
+    /// so that the pool retires every connection opened before. What counts
+    /// is evidence about this server, not another one's nor the session's own
+    /// doing: a FATAL (or PANIC) with SQLSTATE class 08, 57P01, 57P02 or
+    /// 57P03 on an open connection (sent to an idle one included; the same
+    /// codes in an ERROR, such as dblink's 08001, do not count); a connection
+    /// found lost without a word by `probe`, `ping` or `reset`; a server whose
+    /// reported `in_hot_standby` (PostgreSQL 14 and later report it when it
+    /// changes) no longer fits `target_session_attrs` (for `prefer-standby`: a
+    /// standby that was promoted); and with `target_session_attrs=read-write`,
+    /// a server that turned read-only: an error 25006 (read-only transaction)
+    /// or a reported `default_transaction_read_only` turned on is only a sign
+    /// (the application's `BEGIN READ ONLY` or `SET` gives the same), which
+    /// `reset` confirms by asking the server (`pg_is_in_recovery()`, and the
+    /// setting a new session would get). Once per event: connections that saw the same event after
     /// the epoch moved do not move it again. Copies of the connector made
     /// before share no binding. Cost per connection: one small allocation;
     /// per result the application reads, libpq's event list copied into it
@@ -439,6 +450,7 @@ private:
     std::string refusals(const state& s) const;
     [[noreturn]] void fail_refused(attempt& a) const;
     [[noreturn]] void fail_timed_out(attempt& a) const;
+    bool confirm_role(handle h, detail::connection_watch& w, clock::time_point deadline) const noexcept;
     // `h` was found lost: its watch reports it (when no FATAL came first).
     static bool lost(handle h) noexcept {
         if (const detail::connection_watch* w = detail::watch_of(h)) w->saw_loss();
@@ -792,6 +804,13 @@ PQPOOL_DECL libpq_connector::handle libpq_connector::connect(clock::time_point d
 PQPOOL_DECL bool libpq_connector::probe(handle h) const noexcept {
     if (!h) return false;
     if (PQstatus(h) != CONNECTION_OK) return lost(h);
+    // A sign that its server may have turned read-only, not confirmed on its
+    // return (no reset): not handed out unchecked. (A report that came with
+    // the last result is only seen now: libpq hands the result out first.)
+    if (detail::connection_watch* w = detail::watch_of(h)) {
+        w->check_role(h);
+        if (w->suspect) return false;
+    }
     if (PQtransactionStatus(h) != PQTRANS_IDLE) return false;
     const int fd = PQsocket(h);
     if (fd < 0) return lost(h);
@@ -843,7 +862,30 @@ PQPOOL_DECL bool libpq_connector::reset(handle h, bool discard_all) const noexce
     default: // ACTIVE (a command running or results unread, COPY) or UNKNOWN
         return false;
     }
-    return !discard_all || run("DISCARD ALL");
+    if (discard_all && !run("DISCARD ALL")) return false;
+    if (detail::connection_watch* w = detail::watch_of(h)) {
+        w->check_role(h); // a report that came after the last result
+        if (w->suspect) return confirm_role(h, *w, deadline);
+    }
+    return true;
+}
+
+// The connection saw a sign that its server may have turned read-only (see
+// connection_watch): ask the server. In recovery, and the
+// default_transaction_read_only a new session would get (reset_val: the
+// server's, the role's or the database's setting, not this session's SET).
+// False (close it) when the role no longer fits, which moves the epoch, or
+// when the question failed.
+PQPOOL_DECL bool libpq_connector::confirm_role(handle h, detail::connection_watch& w, clock::time_point deadline) const
+    noexcept {
+    static constexpr const char* question =
+        "SELECT pg_catalog.pg_is_in_recovery(), (SELECT s.reset_val FROM pg_catalog.pg_settings s "
+        "WHERE s.name = 'default_transaction_read_only')";
+    std::vector<std::string> row;
+    const auto r = detail::exec_until(h, question, deadline, false, &row);
+    if (r.outcome != detail::exec_outcome::ok || row.size() != 2 || PQtransactionStatus(h) != PQTRANS_IDLE)
+        return PQstatus(h) == CONNECTION_OK ? false : lost(h);
+    return !w.confirm(row[0] == "t", row[1] == "on");
 }
 
 #endif // PQPOOL_DEFINITIONS

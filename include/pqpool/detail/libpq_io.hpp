@@ -29,6 +29,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 namespace pqpool::detail {
 
@@ -152,6 +153,9 @@ public:
 
     const exec_result& result() const noexcept { return r_; }
 
+    // Keep the values of the first row of the first result that has rows.
+    void keep_first_row(std::vector<std::string>* row) noexcept { row_ = row; }
+
     // Marks the run failed with `text` (trimmed); returns true ("done").
     bool fail(exec_outcome why, const char* text) {
         r_.outcome = why;
@@ -175,6 +179,9 @@ private:
             fail(exec_outcome::server_error, "the statement started a COPY, which is not supported here");
             return false;
         }
+        if (st == PGRES_TUPLES_OK && row_ && row_->empty() && PQntuples(res) > 0) {
+            for (int i = 0; i < PQnfields(res); ++i) row_->emplace_back(PQgetvalue(res, 0, i));
+        }
         if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY && !failed_) {
             failed_ = true;
             if (const char* code = PQresultErrorField(res, PG_DIAG_SQLSTATE)) {
@@ -195,14 +202,18 @@ private:
     }
 
     exec_result r_;
+    std::vector<std::string>* row_ = nullptr;
     bool flushed_ = false, failed_ = false, want_message_ = false;
 };
 
 // Runs `sql` on an idle connection and reads every result, never waiting past
 // `deadline`; once it has passed, nothing is sent, so a caller that had no
-// time left does not lose a clean connection.
-inline exec_result exec_until(PGconn* h, const char* sql, io_clock::time_point deadline, bool want_message) {
+// time left does not lose a clean connection. `row`: where to keep the
+// values of the first row, if wanted.
+inline exec_result exec_until(PGconn* h, const char* sql, io_clock::time_point deadline, bool want_message,
+                              std::vector<std::string>* row = nullptr) {
     statement_run run;
+    run.keep_first_row(row);
     if (PQsocket(h) < 0 || PQstatus(h) != CONNECTION_OK) {
         run.send(h, sql, want_message); // fails and fills the message
         return run.result();
