@@ -1,7 +1,8 @@
 // The invalidation epoch against a real PostgreSQL: what a libpq connection
 // sees of its server going away or changing role moves the pool's epoch, once
 // per event, and every connection opened before is retired instead of handed
-// out. (The failover between a real primary and standby is failover_test.cpp;
+// out; errors about other servers, and what the application asked of its own
+// session, do not. (The failover between a real primary and standby is failover_test.cpp;
 // the pool's bookkeeping of the epoch is tests/unit/recycling_test.cpp.)
 
 #include "catch.hpp"
@@ -14,8 +15,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <thread>
 #include <vector>
 
@@ -113,42 +116,125 @@ TEST_CASE("epoch: an idle session timeout (57P05) retires only its own connectio
     CHECK(p.stats() == pool_stats{.size = 1, .in_use = 1});
 }
 
-TEST_CASE("epoch: a statement failing with 25006 moves the epoch of a pool that asked for read-write servers, "
-          "and only of such a pool",
+namespace {
+
+// A pool like the default one (reset on return), whose four connections are
+// warm; `sqls` run on one lease, which is then returned; then the four are
+// taken again. Returns how many connections were retired for the epoch, and
+// the epoch.
+std::pair<std::uint64_t, std::uint64_t> epoch_after(const std::string& conninfo, const std::vector<const char*>& sqls) {
+    using counted_pool = pool<observability::counters, overflow::fixed>;
+    counted_pool p{conninfo, overflow::fixed{.size = 4, .wait = 10s}};
+    {
+        std::vector<counted_pool::lease> warm;
+        for (int i = 0; i < 4; ++i) warm.push_back(p.acquire());
+    }
+    {
+        auto l = p.acquire();
+        for (const char* sql : sqls) (void)sqlstate_of(l.get(), sql);
+        (void)sqlstate_of(l.get(), "ROLLBACK");
+        (void)sqlstate_of(l.get(), "RESET ALL");
+    }
+    {
+        std::vector<counted_pool::lease> again;
+        for (int i = 0; i < 4; ++i) again.push_back(p.acquire());
+    }
+    CHECK(p.observer().count(event::connected) == 4); // not one connection replaced
+    return {p.observer().closed(close_reason::epoch), p.stats().epoch};
+}
+
+// The server's default_transaction_read_only turned on by ALTER SYSTEM and a
+// reload, as a failover tool fences a primary; turned off again at scope exit.
+struct fence {
+    admin a;
+    fence() { set("on"); }
+    ~fence() { set(nullptr); }
+    fence(const fence&) = delete;
+    fence& operator=(const fence&) = delete;
+    void set(const char* value) {
+        query(a.c, value ? std::string("ALTER SYSTEM SET default_transaction_read_only = ") + value
+                         : std::string("ALTER SYSTEM RESET default_transaction_read_only"));
+        query(a.c, "SELECT pg_reload_conf()");
+        // Each backend reloads at its next command; wait until a fresh one sees it.
+        const std::string want = value ? value : "off";
+        for (int i = 0; i < 250; ++i) {
+            PGconn* c = PQconnectdb(sandbox::get().tls().c_str());
+            const bool seen = PQstatus(c) == CONNECTION_OK && query(c, "SHOW default_transaction_read_only") == want;
+            PQfinish(c);
+            if (seen) return;
+            std::this_thread::sleep_for(20ms);
+        }
+        FAIL("the server did not take default_transaction_read_only = " << want);
+    }
+};
+
+} // namespace
+
+TEST_CASE("epoch: an error about another server (dblink's 08001) moves nothing", "[integration][epoch]") {
+    {
+        admin a;
+        query(a.c, "CREATE EXTENSION IF NOT EXISTS dblink");
+    }
+    auto [retired, epoch] =
+        epoch_after(sandbox::get().tls(), {"SELECT dblink_connect('pqpool_remote', 'host=127.0.0.1 port=1')"});
+    CHECK(epoch == 0);
+    CHECK(retired == 0);
+}
+
+TEST_CASE("epoch: what the application asked of its own session on a read-write pool moves nothing: a write in "
+          "its READ ONLY transaction (25006), its SET default_transaction_read_only",
           "[integration][epoch]") {
     const std::string rw = sandbox::get().tls() + " target_session_attrs=read-write";
-    for (const auto& [conninfo, moves] : {std::pair{rw, true}, std::pair{sandbox::get().tls(), false}}) {
-        CAPTURE(conninfo);
-        probe_pool p{conninfo, overflow::fixed{.size = 2, .wait = 10s}};
-        {
-            auto other = p.acquire(); // opened before the error: retired on its return when the epoch moved
-            auto l = p.acquire();
-            REQUIRE(sqlstate_of(l.get(), "BEGIN READ ONLY").empty());
-            CHECK(sqlstate_of(l.get(), "CREATE TEMP TABLE pqpool_epoch_rw (i int)") == "25006");
-            REQUIRE(sqlstate_of(l.get(), "ROLLBACK").empty());
-        }
-        CHECK(p.stats().epoch == (moves ? 1u : 0u));
-        CHECK(p.stats().size == (moves ? 0u : 2u));
+    SECTION("25006 in BEGIN READ ONLY") {
+        auto [retired, epoch] = epoch_after(rw, {"BEGIN READ ONLY", "CREATE TEMP TABLE pqpool_epoch_rw (i int)"});
+        CHECK(epoch == 0);
+        CHECK(retired == 0);
+    }
+    SECTION("SET default_transaction_read_only = on") {
+        auto [retired, epoch] = epoch_after(rw, {"SET default_transaction_read_only = on", "SELECT 1"});
+        CHECK(epoch == 0);
+        CHECK(retired == 0);
     }
 }
 
-TEST_CASE("epoch: a read-write pool whose server reports it became read-only moves the epoch",
+TEST_CASE("epoch: a read-write pool whose server really turned read-only (fenced by a reload) moves the epoch, "
+          "confirmed with the server when the connection comes back",
+          "[integration][epoch]") {
+    using counted_pool = pool<observability::counters, overflow::fixed>;
+    counted_pool p{sandbox::get().tls() + " target_session_attrs=read-write", overflow::fixed{.size = 2, .wait = 10s}};
+    {
+        auto a = p.acquire(), b = p.acquire();
+    }
+    {
+        const fence f;
+        {
+            auto l = p.acquire();
+            CHECK(sqlstate_of(l.get(), "CREATE TEMP TABLE pqpool_fenced (i int)") == "25006");
+            CHECK(p.stats().epoch == 0); // a suspicion only, until the server is asked
+        }
+        CHECK(p.stats().epoch == 1);
+        CHECK(p.stats().size == 1); // the connection that asked was closed; the other retires when found
+    }
+    auto l = p.acquire(); // fence lifted: a fresh session, read-write
+    CHECK(query(l.get(), "SHOW default_transaction_read_only") == "off");
+    CHECK(p.stats() == pool_stats{.size = 1, .in_use = 1, .epoch = 1});
+    CHECK(p.observer().closed(close_reason::epoch) == 2);
+}
+
+TEST_CASE("epoch: a pool that does not reset on return does not hand out unchecked a connection that saw such a "
+          "sign: it is replaced, the epoch stays",
           "[integration][epoch]") {
     probe_pool p{sandbox::get().tls() + " target_session_attrs=read-write", overflow::fixed{.size = 2, .wait = 10s}};
+    int first = 0;
     {
         auto l = p.acquire();
-        CHECK(query(l.get(), "SELECT 1") == "1");
-        CHECK(p.stats().epoch == 0);
-        // The server reports default_transaction_read_only (a fenced primary
-        // does the same by a reload); libpq's read-write check would refuse it now.
+        first = backend_of(l.get());
         REQUIRE(query(l.get(), "SET default_transaction_read_only = on").empty());
-        CHECK(query(l.get(), "SELECT 1") == "1");
-        CHECK(p.stats().epoch == 1);
     }
-    CHECK(p.stats().size == 0); // retired on its return
-    auto l = p.acquire();       // a fresh session is read-write again
+    auto l = p.acquire(); // probe refuses the suspect connection: a fresh one
+    CHECK(backend_of(l.get()) != first);
     CHECK(query(l.get(), "SHOW default_transaction_read_only") == "off");
-    CHECK(p.stats().epoch == 1);
+    CHECK(p.stats() == pool_stats{.size = 1, .in_use = 1});
 }
 
 TEST_CASE("epoch: run() whose query is cut off by a terminated backend moves the epoch once and finishes on a "

@@ -8,6 +8,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <string>
+
 namespace pqpool::test {
 
 // Runs `child` in a forked process; returns its exit code (its checks' verdict:
@@ -29,6 +31,17 @@ int in_child(F child) {
     REQUIRE(::waitpid(pid, &status, 0) == pid);
     REQUIRE(WIFEXITED(status));
     return WEXITSTATUS(status);
+}
+
+// Waits for the forked child `pid` and checks that it exited with 0; a child
+// killed by a signal (the SIGALRM of one that hung) fails, naming the signal.
+inline void check_child_succeeded(pid_t pid) {
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    INFO((WIFSIGNALED(status) ? "child killed by signal " + std::to_string(WTERMSIG(status))
+                              : "child exited " + std::to_string(WEXITSTATUS(status))));
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
 }
 
 } // namespace pqpool::test

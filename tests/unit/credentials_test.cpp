@@ -5,14 +5,20 @@
 // tests/integration/credentials_test.cpp.)
 
 #include "catch.hpp"
+#include "child.hpp"
 #include "sockets.hpp"
 
 #include <pqpool/connector/libpq.hpp>
+#include <pqpool/pool.hpp>
 
+#include <unistd.h>
+
+#include <atomic>
 #include <chrono>
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace pqpool;
@@ -159,4 +165,61 @@ TEST_CASE("credentials: merging what the callable gave into a host's keywords", 
               .value_or("")
               .find("only the connection string may set") != std::string::npos);
     CHECK(values == before);
+}
+
+TEST_CASE("credentials: a child forked while a parent thread is inside the callable inherits none of its locks",
+          "[unit][libpq][credentials][fork]") {
+    // The callable holds a lock of its own (its cache's, an HTTP client's) while it works; fork()
+    // waits for it to return, as for any of the connector's libpq connect steps.
+    std::mutex store;
+    std::atomic<bool> inside{false}, forked{false};
+    const std::string port = std::to_string(closed_port());
+    const libpq_connector c{"host=127.0.0.1 port=" + port + " user=u",
+                            {.credentials = [&](const connect_host&) {
+                                const std::lock_guard lock(store);
+                                if (!inside.exchange(true)) std::this_thread::sleep_for(300ms);
+                                return connect_credentials{.password = "Zf5-token"};
+                            }}};
+    std::thread connecting([&] {
+        connect_failure(c);
+        while (!forked) std::this_thread::yield(); // alive at the fork (ThreadSanitizer)
+    });
+    while (!inside) std::this_thread::yield();
+    const auto start = std::chrono::steady_clock::now();
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        ::alarm(5); // a child that hangs dies of SIGALRM, and the test fails
+        try {
+            c.connect(libpq_connector::clock::now() + 2s);
+        } catch (const connect_error& e) {
+            ::_exit(std::string(e.what()).find("Connection refused") != std::string::npos ? 0 : 1);
+        }
+        ::_exit(2);
+    }
+    const auto waited = std::chrono::steady_clock::now() - start;
+    forked = true;
+    connecting.join();
+    test::check_child_succeeded(pid);
+    CAPTURE(std::chrono::duration_cast<std::chrono::milliseconds>(waited).count());
+    CHECK(waited >= 200ms); // the fork waited for the callable
+}
+
+TEST_CASE("credentials: the callable's time is the one exception to acquire's bound besides a host-name lookup, "
+          "and only its own time",
+          "[unit][libpq][credentials][bounds]") {
+    // README, Guarantees: acquire_for(d) returns within d plus a small margin, except for a host-name
+    // lookup and the credentials callable, which are not interrupted.
+    const std::string port = std::to_string(closed_port());
+    pool<retry::none> p{libpq_connector{"host=127.0.0.1 port=" + port + " user=u",
+                                        {.credentials = [](const connect_host&) {
+                                            std::this_thread::sleep_for(600ms); // a slow secrets store
+                                            return connect_credentials{.password = "Zb8-pw"};
+                                        }}}};
+    const auto start = std::chrono::steady_clock::now();
+    CHECK_THROWS_AS(p.acquire_for(100ms), error);
+    const auto took = std::chrono::steady_clock::now() - start;
+    CAPTURE(std::chrono::duration_cast<std::chrono::milliseconds>(took).count());
+    CHECK(took >= 600ms);
+    CHECK(took < 600ms + 100ms + 400ms); // the callable's time, the wait, the margin
 }

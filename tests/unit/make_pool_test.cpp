@@ -2,10 +2,12 @@
 // the same type as pool<...> of those policies, holding the numbers passed.
 
 #include "catch.hpp"
+#include "child.hpp"
 #include "test_pool.hpp"
 
 #include <pqpool/pool.hpp>
 
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <type_traits>
@@ -84,6 +86,23 @@ TEST_CASE("make_pool checks numbers and conninfo as the constructor does", "[poo
     auto p = make_pool("host=127.0.0.1 port=1 connect_timeout=2", overflow::fixed{.size = 3});
     CHECK(p.overflow().size == 3);
     CHECK(p.stats() == pool_stats{});
+}
+
+TEST_CASE("make_pool(std::getenv of an unset variable): a null connection string is a config_error, not a crash",
+          "[pool][make_pool]") {
+    const char* unset = std::getenv("PQPOOL_TEST_SURELY_UNSET_DATABASE_URL");
+    REQUIRE(unset == nullptr);
+    // In a child, so that a crash fails this test and not the whole run.
+    CHECK(test::in_child([&] {
+              try {
+                  (void)make_pool(unset);
+                  return 1;
+              } catch (const config_error& e) {
+                  return std::string(e.what()).find("connection string is a null pointer") != std::string::npos ? 0 : 2;
+              }
+          }) == 0);
+    CHECK_THROWS_AS(pool<>{static_cast<const char*>(nullptr)}, config_error);
+    CHECK_THROWS_AS((libpq_connector{static_cast<const char*>(nullptr), libpq_options{}}), config_error);
 }
 
 TEST_CASE("a pool from make_pool moves like any pool, the moved-from one is not valid()", "[pool][make_pool]") {

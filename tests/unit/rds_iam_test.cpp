@@ -4,15 +4,21 @@
 // credentials and a frozen clock), and rds_iam_auth's cache.
 
 #include "catch.hpp"
+#include "child.hpp"
+#include "sockets.hpp"
 
 #include <pqpool/connector/rds_iam.hpp>
+#include <pqpool/pool.hpp>
 
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace pqpool;
@@ -174,4 +180,69 @@ TEST_CASE("rds_iam_auth: nonsense settings are config_errors, a host it cannot s
         CHECK_THAT(e.what(), Catch::Contains("the credentials callable failed: pqpool: rds_iam_auth needs one host"));
         CHECK_FALSE(e.transient());
     }
+}
+
+TEST_CASE("rds_iam_auth: a slow credentials source holds up no other connect, such as another pool's sharing it",
+          "[unit][rds_iam][credentials]") {
+    const aws_credentials creds{"AKIDEXAMPLE", example_secret};
+    std::atomic<int> calls{0};
+    std::atomic<bool> release{false};
+    const auto slow_until = steady_clock::now() + seconds{3};
+    rds_iam_auth auth{[&] {
+                          if (calls++ == 0) // the first: an instance metadata service slow to answer
+                              while (!release && steady_clock::now() < slow_until) std::this_thread::sleep_for(1ms);
+                          return creds;
+                      },
+                      "eu-west-1"};
+    // Two pools, two hosts, nothing shared but the token provider; nothing listens there.
+    const std::string port = std::to_string(test::net::closed_port());
+    pool<retry::none> a{libpq_connector{"host=db-a.invalid hostaddr=127.0.0.1 port=" + port + " dbname=x user=x",
+                                        {.credentials = auth}}};
+    pool<retry::none> b{libpq_connector{"host=db-b.invalid hostaddr=127.0.0.1 port=" + port + " dbname=x user=x",
+                                        {.credentials = auth}}};
+    std::thread first([&] { CHECK_THROWS_AS(a.acquire_for(seconds{5}), connect_error); });
+    while (calls == 0) std::this_thread::yield();
+    const auto start = steady_clock::now();
+    CHECK_THROWS_AS(b.acquire_for(100ms), connect_error); // signed, tried, refused: not held by a's source
+    const auto took = duration_cast<milliseconds>(steady_clock::now() - start);
+    release = true;
+    first.join();
+    CAPTURE(took.count());
+    CHECK(took < 600ms);
+    CHECK(calls == 2);
+}
+
+TEST_CASE("rds_iam_auth: a child forked while a parent thread asks the credentials source can sign and connect",
+          "[unit][rds_iam][fork]") {
+    const aws_credentials creds{"AKIDEXAMPLE", example_secret};
+    std::atomic<bool> in_source{false}, forked{false};
+    rds_iam_auth auth{[&] {
+                          if (!in_source.exchange(true)) std::this_thread::sleep_for(300ms); // the parent's first
+                          return creds;
+                      },
+                      "eu-west-1"};
+    const std::string port = std::to_string(test::net::closed_port());
+    pool<retry::none> p{libpq_connector{"host=db.invalid hostaddr=127.0.0.1 port=" + port + " dbname=x user=x",
+                                        {.credentials = auth}}};
+    std::thread connecting([&] {
+        CHECK_THROWS_AS(p.acquire_for(seconds{5}), connect_error);
+        while (!forked) std::this_thread::yield(); // alive at the fork (ThreadSanitizer)
+    });
+    while (!in_source) std::this_thread::yield();
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        ::alarm(5); // a child that hangs dies of SIGALRM, and the test fails
+        try {
+            (void)p.acquire_for(500ms);
+        } catch (const connect_error& e) {
+            // The token was signed (the cache's lock was free) and the connect was refused.
+            ::_exit(std::string(e.what()).find("Connection refused") != std::string::npos ? 0 : 1);
+        } catch (...) {
+        }
+        ::_exit(2);
+    }
+    forked = true;
+    connecting.join();
+    test::check_child_succeeded(pid);
 }

@@ -1,15 +1,20 @@
 // The TLS files of a connection string, checked with OpenSSL when the
 // connector is built: each mistake is one config_error naming the file and the
-// problem (tests/integration/tls_files_test.cpp shows libpq refusing the same
-// files at connect). Certificates and keys are made here (support/certs.hpp).
+// problem (tests/integration/key_permissions_test.cpp holds the key
+// permission check to libpq's own at connect). Certificates and keys are made
+// here (support/certs.hpp).
 
 #include "catch.hpp"
 #include "certs.hpp"
 
 #include <pqpool/connector/libpq.hpp>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <string>
+#include <vector>
 
 using namespace pqpool;
 using namespace std::chrono_literals;
@@ -109,8 +114,13 @@ TEST_CASE("tls files: sslkey that matches no certificate, is readable by others,
                Catch::Contains("sslkey file \"" + wrong + "\" does not hold the key of the certificate in sslcert file \"" +
                                crt + "\" (/CN=client)"));
 
-    // libpq refuses a key file that its owner's group or others may read (we run as its owner here).
-    for (mode_t mode : {0644, 0640, 0604, 0610}) {
+    // libpq refuses a key file that others may read, or its group may write or run, whoever owns it
+    // (here: we do); its group may read it only when root owns it (tests/integration/key_permissions_test.cpp
+    // checks the same rule against libpq itself, for files owned by root and by another user).
+    const bool as_root = ::geteuid() == 0;
+    std::vector<mode_t> refused{0644, 0604, 0610, 0620};
+    if (!as_root) refused.push_back(0640);
+    for (mode_t mode : refused) {
         CAPTURE(mode);
         const std::string open_key = d.write_key("open.key", k.get(), mode);
         char shown[8];
@@ -120,6 +130,14 @@ TEST_CASE("tls files: sslkey that matches no certificate, is readable by others,
                                    "), which libpq refuses"));
     }
     CHECK(refusal("sslcert=" + crt + " sslkey=" + d.write_key("tight.key", k.get(), 0400)).empty());
+    if (as_root) CHECK(refusal("sslcert=" + crt + " sslkey=" + d.write_key("group.key", k.get(), 0640)).empty());
+    // The rule itself, for owners this test cannot make.
+    CHECK_FALSE(detail::tls::key_mode_refused(0, 0640));
+    CHECK(detail::tls::key_mode_refused(0, 0660));
+    CHECK(detail::tls::key_mode_refused(0, 0644));
+    CHECK(detail::tls::key_mode_refused(1000, 0640)); // another user's, or ours when we are not root
+    CHECK(detail::tls::key_mode_refused(1000, 0604));
+    CHECK_FALSE(detail::tls::key_mode_refused(1000, 0600));
 
     const std::string junk = d.write("junk.key", "-----BEGIN PRIVATE KEY-----\nnot base64 at all\n", 0600);
     CHECK_THAT(refusal("sslcert=" + crt + " sslkey=" + junk),
@@ -133,4 +151,28 @@ TEST_CASE("tls files: sslkey that matches no certificate, is readable by others,
     CHECK_THAT(msg, Catch::Contains("is encrypted and cannot be decrypted with the given sslpassword"));
     CHECK(msg.find("Zq9") == std::string::npos);
     CHECK(refusal("sslcert=" + crt + " sslkey=" + enc + " sslpassword=" + secret).empty());
+}
+
+TEST_CASE("tls files: an encrypted sslkey whose sslpassword a credentials callable gives is left to the connect",
+          "[unit][libpq][tls][credentials]") {
+    temp_dir d;
+    auto k = make_key();
+    auto cert = make_cert(k.get(), -day, 30 * day, "client");
+    const std::string crt = d.write_cert("client.crt", cert.get());
+    const std::string enc = d.write_key("enc.key", k.get(), 0600, "Zv3-from-the-vault");
+    libpq_options with_callable;
+    with_callable.credentials = [](const connect_host&) {
+        return connect_credentials{.parameters = {{"sslpassword", "Zv3-from-the-vault"}}};
+    };
+    const std::string files = "host=127.0.0.1 port=1 dbname=x user=x sslmode=require sslcert=" + crt + " sslkey=" + enc;
+    CHECK_NOTHROW(libpq_connector{files, with_callable});
+    // Also when the connection string's own sslpassword does not open it: the callable may give another.
+    CHECK_NOTHROW(libpq_connector{files + " sslpassword=Zv3-old", with_callable});
+    // Without a callable nothing could give it: refused as before.
+    CHECK_THROWS_WITH(libpq_connector{files}, Catch::Contains("is encrypted and no sslpassword is given"));
+    // The key's other checks still hold with a callable.
+    const std::string open_key = d.write_key("open.key", k.get(), 0604, "Zv3-from-the-vault");
+    CHECK_THROWS_WITH((libpq_connector{"host=127.0.0.1 port=1 sslmode=require sslcert=" + crt + " sslkey=" + open_key,
+                                       with_callable}),
+                      Catch::Contains("has group or world access"));
 }

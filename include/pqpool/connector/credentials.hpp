@@ -5,6 +5,7 @@
 /// gives back, and how what it gives is merged into a connect (pure
 /// functions, unit-tested without a server).
 
+#include <pqpool/detail/fork_gate.hpp>
 #include <pqpool/detail/redact.hpp>
 
 #include <algorithm>
@@ -47,10 +48,13 @@ struct connect_credentials {
 namespace detail {
 
 // The secrets a credentials callable supplied lately, so that its own error
-// messages (which may quote an old token) are scrubbed of them too.
+// messages (which may quote an old token) are scrubbed of them too. Its lock
+// is only ever taken inside a fork gate step, so a fork never finds it held
+// (a child would wait for it forever at its first connect).
 class recent_secrets {
 public:
     void add(const std::vector<std::string>& secrets) {
+        const fork_gate::step gate;
         const std::lock_guard lock(m_);
         for (const std::string& s : secrets) {
             if (s.empty() || std::find(kept_.begin(), kept_.end(), s) != kept_.end()) continue;
@@ -59,6 +63,7 @@ public:
         }
     }
     void scrub(std::string& text) const {
+        const fork_gate::step gate;
         const std::lock_guard lock(m_);
         scrub_tokens(text, kept_);
     }

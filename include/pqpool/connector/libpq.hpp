@@ -65,7 +65,10 @@ struct libpq_options {
     /// How long each setup statement, and each `reset`, may take.
     std::chrono::milliseconds io_timeout{std::chrono::seconds{10}};
     /// How long `close` waits for the cancel of a command still running
-    /// before it closes the connection anyway.
+    /// before it closes the connection anyway. A cancel that is never answered
+    /// runs on, on a thread of its own, until the path's keepalives or
+    /// `tcp_user_timeout` end it; at most 8 do per process, and past them a
+    /// connection is closed without a cancel.
     std::chrono::milliseconds cancel_timeout{std::chrono::seconds{1}};
     /// Statements run on every new connection, in order, before the pool sees
     /// it (e.g. `"SET search_path TO app"`). Each may hold several statements
@@ -165,10 +168,13 @@ struct libpq_connector_access;
 /// Across `fork()`: the first connector a process builds installs a
 /// `pthread_atfork` handler that makes `fork()` wait until no thread is inside
 /// one of the connector's libpq connect steps or `PQfinish` calls (each one
-/// non-blocking call, or a host-name lookup), and holds new ones until the
-/// fork is done. So a child can connect although a thread of the parent was
-/// connecting at the fork (the locks OpenSSL, GSSAPI and the resolver take
-/// are free). Not covered: threads of the program that call libpq themselves
+/// non-blocking call, or a host-name lookup), its TLS file checks or
+/// `libpq_options::credentials` calls (a slow callable delays the fork as
+/// long), and holds new ones until the fork is done. So a child can connect
+/// although a thread of the parent was connecting at the fork (the locks
+/// OpenSSL, GSSAPI, the resolver and the callable take are free). The
+/// callable may fork itself (run a program); it must not wait for another
+/// thread that starts a connect. Not covered: threads of the program that call libpq themselves
 /// (`PQconnectdb`, `PQcancel`, queries over TLS), or other libraries holding
 /// those locks at the fork. A child must not use the connections or attempts
 /// it inherited, except through `abandon` and `abandon_connect`.
@@ -215,13 +221,20 @@ public:
     /// `sslmode=disable`) one that OpenSSL finds wrong: not PEM (a key may
     /// also be DER), a certificate expired or not yet valid (a root bundle:
     /// none valid), a key that does not match `sslcert` or cannot be
-    /// decrypted with `sslpassword`, a key file with permissions libpq refuses
+    /// decrypted with `sslpassword` (unless `libpq_options::credentials` is
+    /// set: it may give `sslpassword` at each connect, so an encrypted key is
+    /// then left to the connect), a key file with permissions libpq refuses
     /// (each names the file and the problem); and what
     /// `libpq_options::check` refuses. No message quotes a password. Cost: a
     /// parse, `PQconndefaults` (which looks up the user's name), a few
     /// `stat`/`open`/`read` calls that never wait (a FIFO is not waited on or
     /// read), OpenSSL's parse of the files named; no network I/O.
     explicit libpq_connector(std::string_view conninfo_or_uri, libpq_options options = {});
+
+    /// As above; a null pointer (`std::getenv` of a variable that is not set)
+    /// is a `config_error`, not a crash.
+    explicit libpq_connector(const char* conninfo_or_uri, libpq_options options = {})
+        : libpq_connector(checked_conninfo(conninfo_or_uri), std::move(options)) {}
 
     /// Starts `a` if it is empty, then drives it until the connection is
     /// open and its setup statements have run (returns it, idle; `a` is
@@ -310,8 +323,11 @@ public:
     /// notice receiver on each connection that notices it and hands every
     /// notice on to libpq's default one (an application that installs its own
     /// receiver on a leased connection turns this early detection off for that
-    /// connection; the close is still seen). Cost: one `poll()` syscall; when
-    /// data is waiting, one read, a parse and one more `poll()`.
+    /// connection; the close is still seen). False too for a connection of a
+    /// watched `read-write` pool that showed a sign its server may have
+    /// turned read-only (see `bind_epoch`) not yet confirmed by `reset`.
+    /// Cost: one `poll()` syscall; when data is waiting, one read, a parse
+    /// and one more `poll()`.
     bool probe(handle h) const noexcept;
 
     /// Was the connection lost (`PQstatus` is `CONNECTION_BAD`)? Costs nothing:
@@ -332,8 +348,12 @@ public:
     /// true when it succeeded and left the connection idle. A command still
     /// running, unread results, COPY, pipeline mode, or a broken connection:
     /// false. With `discard_all`, then `DISCARD ALL`, true only if it
-    /// succeeded. Everything together is bounded by `io_timeout`. Cost: none
-    /// when idle without `discard_all`, else one round trip per statement.
+    /// succeeded. A connection of a watched `read-write` pool that showed a
+    /// sign its server may have turned read-only (see `bind_epoch`): then
+    /// asks the server, false (and the epoch moves) when it is. Everything
+    /// together is bounded by `io_timeout`. Cost: none when idle without
+    /// `discard_all`, else one round trip per statement (and one for a sign
+    /// to confirm).
     bool reset(handle h, bool discard_all) const noexcept;
 
     /// "host=… port=… dbname=… user=…" of the server, for messages and logs.
@@ -353,16 +373,20 @@ public:
     /// Called by the pool that owns this connector (and again with null when
     /// the pool goes): from then on, each connection it opens watches its
     /// server and moves `*epoch` when the server goes away or changes role,
-    /// so that the pool retires every connection opened before. What counts:
-    /// an error with SQLSTATE class 08, 57P01, 57P02 or 57P03 on an open
-    /// connection (a FATAL sent to an idle one included); a connection found
-    /// lost without a word by `probe`, `ping` or `reset`; with
-    /// `target_session_attrs=read-write`, an error 25006 (read-only
-    /// transaction); and a server whose reported `in_hot_standby` or
-    /// `default_transaction_read_only` (PostgreSQL 14 and later report them
-    /// when they change: a promotion, a reload) no longer fits
-    /// `target_session_attrs` (for `prefer-standby`: a standby that was
-    /// promoted). Once per event: connections that saw the same event after
+    /// so that the pool retires every connection opened before. What counts
+    /// is evidence about this server, not another one's nor the session's own
+    /// doing: a FATAL (or PANIC) with SQLSTATE class 08, 57P01, 57P02 or
+    /// 57P03 on an open connection (sent to an idle one included; the same
+    /// codes in an ERROR, such as dblink's 08001, do not count); a connection
+    /// found lost without a word by `probe`, `ping` or `reset`; a server whose
+    /// reported `in_hot_standby` (PostgreSQL 14 and later report it when it
+    /// changes) no longer fits `target_session_attrs` (for `prefer-standby`: a
+    /// standby that was promoted); and with `target_session_attrs=read-write`,
+    /// a server that turned read-only: an error 25006 (read-only transaction)
+    /// or a reported `default_transaction_read_only` turned on is only a sign
+    /// (the application's `BEGIN READ ONLY` or `SET` gives the same), which
+    /// `reset` confirms by asking the server (`pg_is_in_recovery()`, and the
+    /// setting a new session would get). Once per event: connections that saw the same event after
     /// the epoch moved do not move it again. Copies of the connector made
     /// before share no binding. Cost per connection: one small allocation;
     /// per result the application reads, libpq's event list copied into it
@@ -393,6 +417,13 @@ private:
     friend struct detail::libpq_connector_access;
     using state = detail::libpq_attempt_state;
 
+    static std::string_view checked_conninfo(const char* conninfo_or_uri) {
+        if (!conninfo_or_uri)
+            throw config_error("pqpool: the connection string is a null pointer (std::getenv of a variable "
+                               "that is not set?)");
+        return conninfo_or_uri;
+    }
+
     [[noreturn]] void fail_connect(const std::string& what, std::string sqlstate, bool transient) const {
         throw connect_error("pqpool: cannot connect to " + description_ + ": " + what, std::move(sqlstate),
                             transient);
@@ -419,6 +450,7 @@ private:
     std::string refusals(const state& s) const;
     [[noreturn]] void fail_refused(attempt& a) const;
     [[noreturn]] void fail_timed_out(attempt& a) const;
+    bool confirm_role(handle h, detail::connection_watch& w, clock::time_point deadline) const noexcept;
     // `h` was found lost: its watch reports it (when no FATAL came first).
     static bool lost(handle h) noexcept {
         if (const detail::connection_watch* w = detail::watch_of(h)) w->saw_loss();
@@ -476,10 +508,18 @@ PQPOOL_DECL bool libpq_connector::ping(handle h, clock::time_point deadline) con
 PQPOOL_DECL libpq_connector::libpq_connector(std::string_view conninfo_or_uri, libpq_options options)
     : options_(std::move(options)) {
     options_.check();
+    detail::fork_gate::install();
     detail::parsed_conninfo ci = detail::parse_conninfo(conninfo_or_uri);
     detail::check_conninfo(ci);
-    detail::check_tls_files(ci);
-    const detail::libpq_defaults env = detail::libpq_defaults::read();
+    detail::libpq_defaults env;
+    {
+        // OpenSSL's locks (the TLS file checks) and NSS's (PQconndefaults
+        // looks up the user's name) are never held at a fork: no wait, no
+        // network I/O, so a fork waits at most for a few file reads.
+        detail::fork_gate::step gate;
+        detail::check_tls_files(ci, static_cast<bool>(options_.credentials));
+        env = detail::libpq_defaults::read();
+    }
     connect_timeout_ = detail::resolve_connect_timeout(ci, env, options_.connect_timeout);
     plan_ = detail::plan_connects(ci, env);
     description_ = detail::describe(ci, env);
@@ -493,7 +533,6 @@ PQPOOL_DECL libpq_connector::libpq_connector(std::string_view conninfo_or_uri, l
     secrets_ = std::move(ci.secrets);
     // PGPASSWORD and friends: libpq never echoes them, but cheap insurance.
     secrets_.insert(secrets_.end(), env.secrets.begin(), env.secrets.end());
-    detail::fork_gate::install();
 }
 
 // Calls libpq_options::credentials for the host about to be tried and merges
@@ -510,6 +549,9 @@ PQPOOL_DECL bool libpq_connector::fetch_credentials(state& s, std::vector<std::s
         return false;
     };
     try {
+        // Inside the fork gate: whatever locks the callable takes (its HTTP
+        // client's, OpenSSL's, its own cache's) are never held at a fork.
+        detail::fork_gate::step gate;
         c = options_.credentials(connect_host{t.host, t.hostaddr, t.port, dbname_, user_});
     } catch (const connect_error& e) {
         return failed(e.what(), e.sqlstate(), e.transient());
@@ -762,6 +804,13 @@ PQPOOL_DECL libpq_connector::handle libpq_connector::connect(clock::time_point d
 PQPOOL_DECL bool libpq_connector::probe(handle h) const noexcept {
     if (!h) return false;
     if (PQstatus(h) != CONNECTION_OK) return lost(h);
+    // A sign that its server may have turned read-only, not confirmed on its
+    // return (no reset): not handed out unchecked. (A report that came with
+    // the last result is only seen now: libpq hands the result out first.)
+    if (detail::connection_watch* w = detail::watch_of(h)) {
+        w->check_role(h);
+        if (w->suspect) return false;
+    }
     if (PQtransactionStatus(h) != PQTRANS_IDLE) return false;
     const int fd = PQsocket(h);
     if (fd < 0) return lost(h);
@@ -813,7 +862,30 @@ PQPOOL_DECL bool libpq_connector::reset(handle h, bool discard_all) const noexce
     default: // ACTIVE (a command running or results unread, COPY) or UNKNOWN
         return false;
     }
-    return !discard_all || run("DISCARD ALL");
+    if (discard_all && !run("DISCARD ALL")) return false;
+    if (detail::connection_watch* w = detail::watch_of(h)) {
+        w->check_role(h); // a report that came after the last result
+        if (w->suspect) return confirm_role(h, *w, deadline);
+    }
+    return true;
+}
+
+// The connection saw a sign that its server may have turned read-only (see
+// connection_watch): ask the server. In recovery, and the
+// default_transaction_read_only a new session would get (reset_val: the
+// server's, the role's or the database's setting, not this session's SET).
+// False (close it) when the role no longer fits, which moves the epoch, or
+// when the question failed.
+PQPOOL_DECL bool libpq_connector::confirm_role(handle h, detail::connection_watch& w, clock::time_point deadline) const
+    noexcept {
+    static constexpr const char* question =
+        "SELECT pg_catalog.pg_is_in_recovery(), (SELECT s.reset_val FROM pg_catalog.pg_settings s "
+        "WHERE s.name = 'default_transaction_read_only')";
+    std::vector<std::string> row;
+    const auto r = detail::exec_until(h, question, deadline, false, &row);
+    if (r.outcome != detail::exec_outcome::ok || row.size() != 2 || PQtransactionStatus(h) != PQTRANS_IDLE)
+        return PQstatus(h) == CONNECTION_OK ? false : lost(h);
+    return !w.confirm(row[0] == "t", row[1] == "on");
 }
 
 #endif // PQPOOL_DEFINITIONS

@@ -22,6 +22,7 @@
 /// Needs OpenSSL (HMAC-SHA256 and SHA-256); link `OpenSSL::Crypto`.
 
 #include <pqpool/connector/libpq.hpp>
+#include <pqpool/detail/fork_gate.hpp>
 #include <pqpool/detail/sigv4.hpp>
 #include <pqpool/error.hpp>
 
@@ -126,12 +127,20 @@ struct rds_iam_options {
 /// token as its password: one token per host, port and user, cached and
 /// signed anew once it is `refresh_after` old (10 minutes by default, 5
 /// before it expires) or when the credentials it was signed with changed.
-/// Copies share the cache; thread-safe.
+/// Copies share the cache; thread-safe. The cache's lock is held only to look
+/// a token up and to sign one (microseconds, no I/O), never while the
+/// credentials source runs, so connects that share an `rds_iam_auth` (several
+/// pools, several hosts) do not wait for one another's source. Fork-safe: the
+/// lock and OpenSSL's (signing) are taken inside the connector's fork gate, so
+/// a child never inherits them held.
 class rds_iam_auth {
 public:
-    /// Where the AWS credentials come from: called (under the cache's lock)
-    /// each time a token is signed, so that rotating credentials (an
-    /// instance role's, STS's) are picked up.
+    /// Where the AWS credentials come from: called at each call (each connect),
+    /// outside the cache's lock, so that rotating credentials (an instance
+    /// role's, STS's) are picked up; a token signed with other credentials is
+    /// signed anew. Several connects may call it at once. Its time counts
+    /// against the connect's caller like any credentials callable's: cache
+    /// what is slow to fetch.
     using credentials_source = std::function<aws_credentials()>;
     using options = rds_iam_options;
 
@@ -152,6 +161,7 @@ public:
             throw config_error("pqpool: rds_iam_auth: refresh_after is " + std::to_string(o.refresh_after.count()) +
                                " s; it must be more than 0 and less than the token's 900 s");
         if (!source || !o.now) throw config_error("pqpool: rds_iam_auth: the credentials source or clock is empty");
+        detail::fork_gate::install();
         state_->source = std::move(source);
         state_->region = std::move(region);
         state_->opts = std::move(o);
@@ -168,9 +178,13 @@ public:
         unsigned port = 5432;
         if (!h.port.empty()) port = static_cast<unsigned>(std::stoul(std::string(h.port)));
         const std::string key = std::string(h.host) + '\n' + std::to_string(port) + '\n' + std::string(h.user);
-        const std::lock_guard lock(state_->m);
-        const auto now = state_->opts.now();
+        // The source may be slow (an instance role's credentials: an HTTP
+        // request): never under the cache's lock.
         const aws_credentials creds = state_->source();
+        const auto now = state_->opts.now();
+        // OpenSSL's locks (signing) and the cache's: never held at a fork.
+        const detail::fork_gate::step gate;
+        const std::lock_guard lock(state_->m);
         auto it = state_->cache.find(key);
         const bool fresh = it != state_->cache.end() && it->second.signed_with == creds && now >= it->second.at &&
                            now - it->second.at < state_->opts.refresh_after;

@@ -142,31 +142,36 @@ inline wanted_role wanted_role_of(std::string_view target_session_attrs) noexcep
     return wanted_role::any;
 }
 
-// Does this SQLSTATE, in an error on an open connection, say that its server
-// went away or changed role? Class 08 (connection exception), 57P01 (admin
-// shutdown, or the backend terminated), 57P02 (crash shutdown), 57P03 (cannot
-// connect now); and 25006 (read-only transaction) when the pool asked for
-// read-write servers. Not 57P05 (idle session timeout: this connection only)
-// nor 53300.
-inline bool server_changed(std::string_view sqlstate, wanted_role role) noexcept {
-    if (sqlstate.size() != 5) return false;
-    if (sqlstate.substr(0, 2) == "08") return true;
-    if (sqlstate == "57P01" || sqlstate == "57P02" || sqlstate == "57P03") return true;
+// Does an error on an open connection say that its server went away? Only
+// as the server's last word to this session, a FATAL (or a PANIC, which
+// takes the whole server down with any code): class 08 (connection
+// exception), 57P01 (admin shutdown, or the backend terminated), 57P02 (crash
+// shutdown), 57P03 (cannot connect now). The same codes in an ERROR, which
+// leaves the session open, are about some other server: dblink or
+// postgres_fdw failing to reach theirs (08001). Other FATALs end this session
+// only: 57P05 (idle_session_timeout), 25P03 (an idle transaction's timeout).
+inline bool server_gone(std::string_view sqlstate, std::string_view severity) noexcept {
+    if (severity == "PANIC") return true;
+    if (severity != "FATAL" || sqlstate.size() != 5) return false;
+    return sqlstate.substr(0, 2) == "08" || sqlstate == "57P01" || sqlstate == "57P02" || sqlstate == "57P03";
+}
+
+// Might the server have turned read-only under a pool that asked for
+// read-write servers? A 25006 (read-only transaction) says so only as a
+// suspicion: the application may have asked for it itself (BEGIN READ ONLY,
+// SET default_transaction_read_only), so it is confirmed with the server
+// before anything is done (see connection_watch).
+inline bool read_only_suspected(std::string_view sqlstate, wanted_role role) noexcept {
     return sqlstate == "25006" && role == wanted_role::read_write;
 }
 
-// Does a server's reported state (the ParameterStatus values in_hot_standby
-// and default_transaction_read_only, which PostgreSQL 14 and later send at
-// connect and whenever they change: a promotion, a configuration reload) no
-// longer fit what the pool asked for? The same tests as libpq's
+// Does a server in this state (in hot standby or not; read-only by default
+// or not) no longer fit what the pool asked for? The same tests as libpq's
 // target_session_attrs check at connect. `was_standby`: the server was a
 // standby when the connection was opened (prefer-standby connections that
-// found one). A null value (an older server) proves nothing.
-inline bool role_lost(wanted_role role, const char* in_hot_standby, const char* default_read_only,
-                      bool was_standby) noexcept {
-    if (!in_hot_standby) return false;
-    const bool standby = std::string_view(in_hot_standby) == "on";
-    const bool read_only = standby || (default_read_only && std::string_view(default_read_only) == "on");
+// found one).
+inline bool role_lost(wanted_role role, bool standby, bool default_read_only, bool was_standby) noexcept {
+    const bool read_only = standby || default_read_only;
     switch (role) {
     case wanted_role::read_write: return read_only;
     case wanted_role::primary: return standby;

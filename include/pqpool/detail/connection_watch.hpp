@@ -5,10 +5,25 @@
 // - a FATAL the server sent to an idle connection, seen by probe() as soon as
 //   it has arrived (the notice receiver);
 // - whether the server went away or changed role, from what libpq sees anyway
-//   on the connection (an error's SQLSTATE, the server's reported
-//   in_hot_standby and default_transaction_read_only, a connection found
-//   lost): then the pool's invalidation epoch moves, once per event, and every
-//   connection the pool opened before is retired instead of handed out.
+//   on the connection: then the pool's invalidation epoch moves, once per
+//   event, and every connection the pool opened before is retired instead of
+//   handed out.
+//
+// Only evidence about the pool's own server moves the epoch:
+// - the connection itself ended: found lost without a word, or ended by a
+//   FATAL (or PANIC) that says the server is going away (class 08,
+//   57P01-57P03; see server_gone). An ERROR with those codes leaves the
+//   session open and is about another server (dblink's 08001);
+// - the server's own state: in_hot_standby, which no session can set, as the
+//   server reports it (a promotion).
+// Signs that the session may have caused itself are only suspicions: a 25006
+// on a read-write pool (BEGIN READ ONLY), a reported
+// default_transaction_read_only that no longer fits (SET
+// default_transaction_read_only). The connector confirms a suspicion with
+// the server (pg_is_in_recovery() and the setting's value for a new session)
+// when the connection comes back to the pool (reset), and moves the epoch
+// only when the server really is read-only; a suspect connection that was not
+// checked that way is not handed out again (probe refuses it).
 //
 // libpq's event procedures (libpq-events.h) carry this: each connection gets
 // its own watch as instance data, freed with the connection, which keeps the
@@ -39,12 +54,17 @@ struct epoch_binding {
     wanted_role role = wanted_role::any;
 };
 
+inline bool reported_on(const char* value) noexcept { return value && std::string_view(value) == "on"; }
+
 // One connection's watch: its libpq instance data.
 struct connection_watch {
     std::shared_ptr<epoch_binding> binding; // null: no pool watches (a connector used on its own)
     std::uint64_t born = 0;                 // the pool's epoch when the connection was opened
     bool was_standby = false;               // in_hot_standby was on at connect
     bool fatal_seen = false;                // the server sent a FATAL or PANIC on it
+    bool standby_seen = false;              // in_hot_standby as last reported
+    bool read_only_seen = false;            // default_transaction_read_only as last reported
+    bool suspect = false;                   // a sign the session may have caused: to be confirmed
 
     // The server went away or changed role: every connection opened before
     // this one's birth epoch moves on is retired. Once per event: a second
@@ -59,19 +79,53 @@ struct connection_watch {
         }
     }
 
-    // An error with `sqlstate` (may be null) arrived on `conn`.
+    // An error with `sqlstate` and `severity` (either may be null) arrived on `conn`.
     void saw_error(const char* sqlstate, const char* severity) noexcept {
-        if (severity && (std::strcmp(severity, "FATAL") == 0 || std::strcmp(severity, "PANIC") == 0))
-            fatal_seen = true;
-        if (binding && sqlstate && server_changed(sqlstate, binding->role)) report();
+        const std::string_view sev = severity ? severity : "";
+        if (sev == "FATAL" || sev == "PANIC") fatal_seen = true;
+        if (!binding) return;
+        const std::string_view code = sqlstate ? sqlstate : "";
+        if (server_gone(code, sev))
+            report();
+        else if (read_only_suspected(code, binding->role))
+            suspect = true;
     }
 
-    // After each result: did the server's reported role change?
-    void check_role(const PGconn* conn) const noexcept {
+    // After each result (and when the connection comes back: libpq hands a
+    // result out before it reads the ParameterStatus that follows it, so a
+    // SET's own report is seen only then): did the server's reported role
+    // change? A change of
+    // in_hot_standby is the server's own; one of default_transaction_read_only
+    // may be this session's SET: a suspicion. Only a change is looked at, so a
+    // session that keeps such a setting is confirmed once, not at every return.
+    // A server before 14 reports neither: nothing to see.
+    void check_role(const PGconn* conn) noexcept {
         if (!binding || binding->role == wanted_role::any) return;
-        if (role_lost(binding->role, PQparameterStatus(conn, "in_hot_standby"),
-                      PQparameterStatus(conn, "default_transaction_read_only"), was_standby))
+        saw_role(PQparameterStatus(conn, "in_hot_standby"), PQparameterStatus(conn, "default_transaction_read_only"));
+    }
+    void saw_role(const char* in_hot_standby, const char* default_read_only) noexcept {
+        if (!binding || !in_hot_standby) return;
+        const bool standby = reported_on(in_hot_standby);
+        const bool read_only = reported_on(default_read_only);
+        if (standby == standby_seen && read_only == read_only_seen) return;
+        const bool standby_changed = standby != standby_seen;
+        standby_seen = standby;
+        read_only_seen = read_only;
+        if (!role_lost(binding->role, standby, read_only, was_standby)) return;
+        if (standby_changed)
             report();
+        else
+            suspect = true;
+    }
+
+    // What the server said when asked (see confirm_role in libpq.hpp): in
+    // recovery or not, and default_transaction_read_only as a new session
+    // would get it. True when the role no longer fits: the epoch moved.
+    bool confirm(bool standby, bool default_read_only) noexcept {
+        suspect = false;
+        if (!binding || !role_lost(binding->role, standby, default_read_only, was_standby)) return false;
+        report();
+        return true;
     }
 
     // The connection was found lost (CONNECTION_BAD, a hang-up) with no FATAL
@@ -142,8 +196,8 @@ inline void watch_connection(PGconn* c, const std::shared_ptr<epoch_binding>& bi
         w = new (std::nothrow) connection_watch;
         if (w) {
             w->binding = binding; // copying a shared_ptr does not throw
-            const char* hot = PQparameterStatus(c, "in_hot_standby");
-            w->was_standby = hot && std::string_view(hot) == "on";
+            w->was_standby = w->standby_seen = reported_on(PQparameterStatus(c, "in_hot_standby"));
+            w->read_only_seen = reported_on(PQparameterStatus(c, "default_transaction_read_only"));
             if (!PQsetInstanceData(c, &watch_events, w)) {
                 delete w;
                 w = nullptr;

@@ -23,8 +23,20 @@
 // too (unlike a rwlock, which glibc tells apart by a thread id the child's
 // thread no longer has).
 //
-// Nested use would deadlock behind a waiting fork: a gated call never takes
-// the gate again, and never forks.
+// Besides libpq's steps, the gate covers other code of ours that takes such
+// locks on a connect's path: the credentials callable (the user's code: an
+// HTTP client, a secrets store's library), RDS IAM signing (OpenSSL), the TLS
+// file checks and PQconndefaults (NSS) in the connector's constructor, and the
+// short sections under the locks of our own shared state (the recent secrets,
+// the RDS token cache), so that no such lock is ever held at a fork.
+//
+// Steps nest: a thread already inside one (a credentials callable that builds
+// a connector, or signs an RDS token) neither takes the gate's mutex again
+// (a fork waiting on it would wait for this very thread) nor counts twice.
+// And a thread inside a step may fork itself (a callable that runs a
+// program): its prepare handler first takes its own step out of the count
+// (and the parent and child handlers put it back), so that neither its own
+// fork nor another thread's fork at the same moment waits for it.
 
 #include <pthread.h>
 
@@ -45,20 +57,27 @@ public:
         (void)installed;
     }
 
-    // One gated libpq call: counted in flight for its lifetime. Cost: an
-    // uncontended lock and unlock, two atomic increments.
+    // One gated call: counted in flight for its lifetime (the outermost of
+    // nested ones only). Cost: an uncontended lock and unlock, two atomic
+    // increments; nested, a thread-local increment.
     class step {
     public:
         step() noexcept {
+            if (depth++ != 0) return;
             const std::lock_guard<std::mutex> wait_for_fork(state().m);
             state().in_flight.fetch_add(1, std::memory_order_acq_rel);
         }
-        ~step() { state().in_flight.fetch_sub(1, std::memory_order_acq_rel); }
+        ~step() {
+            if (--depth == 0) state().in_flight.fetch_sub(1, std::memory_order_acq_rel);
+        }
         step(const step&) = delete;
         step& operator=(const step&) = delete;
     };
 
 private:
+    // How many steps this thread is inside (nested ones included).
+    static inline thread_local int depth = 0;
+
     struct shared {
         std::mutex m;
         std::atomic<int> in_flight{0};
@@ -72,16 +91,24 @@ private:
 
     static void prepare() noexcept {
         shared& s = state();
+        // A fork from inside a step: that step is not waited for.
+        if (depth != 0) s.in_flight.fetch_sub(1, std::memory_order_acq_rel);
         s.m.lock();
-        // Steps are short; a host-name lookup may take longer: back off.
+        // Steps are short; a host-name lookup or a credentials callable may
+        // take longer: back off.
         auto pause = std::chrono::microseconds{20};
         while (s.in_flight.load(std::memory_order_acquire) != 0) {
             std::this_thread::sleep_for(pause);
             if (pause < std::chrono::milliseconds{1}) pause *= 2;
         }
     }
-    static void parent() noexcept { state().m.unlock(); }
-    static void child() noexcept { state().m.unlock(); }
+    static void after() noexcept {
+        shared& s = state();
+        if (depth != 0) s.in_flight.fetch_add(1, std::memory_order_acq_rel);
+        s.m.unlock();
+    }
+    static void parent() noexcept { after(); }
+    static void child() noexcept { after(); }
 };
 
 } // namespace pqpool::detail

@@ -13,9 +13,11 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <climits>
@@ -27,6 +29,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 namespace pqpool::detail {
 
@@ -150,6 +153,9 @@ public:
 
     const exec_result& result() const noexcept { return r_; }
 
+    // Keep the values of the first row of the first result that has rows.
+    void keep_first_row(std::vector<std::string>* row) noexcept { row_ = row; }
+
     // Marks the run failed with `text` (trimmed); returns true ("done").
     bool fail(exec_outcome why, const char* text) {
         r_.outcome = why;
@@ -173,6 +179,9 @@ private:
             fail(exec_outcome::server_error, "the statement started a COPY, which is not supported here");
             return false;
         }
+        if (st == PGRES_TUPLES_OK && row_ && row_->empty() && PQntuples(res) > 0) {
+            for (int i = 0; i < PQnfields(res); ++i) row_->emplace_back(PQgetvalue(res, 0, i));
+        }
         if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY && !failed_) {
             failed_ = true;
             if (const char* code = PQresultErrorField(res, PG_DIAG_SQLSTATE)) {
@@ -193,14 +202,18 @@ private:
     }
 
     exec_result r_;
+    std::vector<std::string>* row_ = nullptr;
     bool flushed_ = false, failed_ = false, want_message_ = false;
 };
 
 // Runs `sql` on an idle connection and reads every result, never waiting past
 // `deadline`; once it has passed, nothing is sent, so a caller that had no
-// time left does not lose a clean connection.
-inline exec_result exec_until(PGconn* h, const char* sql, io_clock::time_point deadline, bool want_message) {
+// time left does not lose a clean connection. `row`: where to keep the
+// values of the first row, if wanted.
+inline exec_result exec_until(PGconn* h, const char* sql, io_clock::time_point deadline, bool want_message,
+                              std::vector<std::string>* row = nullptr) {
     statement_run run;
+    run.keep_first_row(row);
     if (PQsocket(h) < 0 || PQstatus(h) != CONNECTION_OK) {
         run.send(h, sql, want_message); // fails and fills the message
         return run.result();
@@ -225,17 +238,49 @@ inline exec_result exec_until(PGconn* h, const char* sql, io_clock::time_point d
 // ---------------------------------------------------------------------------
 // Cancelling a running command
 
+// PQcancel takes no timeout: a cancel whose connection is accepted and never
+// answered (a hung server, or a proxy or load balancer in front of one) waits
+// until the connection's keepalives or tcp_user_timeout end it, or forever
+// when the peer keeps acknowledging. So at most this many cancels are in
+// flight per process; beyond it, close() closes without cancelling (the
+// command runs on in the server until it ends or the server notices the
+// client is gone).
+inline constexpr int max_cancels_in_flight = 8;
+
+// The cancels in flight in this process. A child starts at zero: its
+// parent's cancel threads do not exist there.
+inline std::atomic<int>& cancels_in_flight() noexcept {
+    static std::atomic<int>* const n = [] {
+        auto* p = new std::atomic<int>{0}; // never destroyed: a cancel thread may outlive static destruction
+        ::pthread_atfork(nullptr, nullptr, [] { cancels_in_flight().store(0, std::memory_order_relaxed); });
+        return p;
+    }();
+    return *n;
+}
+
 // Asks the server to cancel what `h` is running, waiting at most `timeout`.
 //
 // libpq 15's PQcancel blocks (its own TCP connect, a write, a read until the
 // server closes) and takes no timeout; it does apply the connection's
 // keepalive and tcp_user_timeout settings. So it runs on a short-lived
-// detached thread that owns everything it uses, and the caller waits for it
-// at most `timeout`; a slower cancel finishes (or fails) on its own. If no
-// thread can be made, nothing is cancelled.
+// detached thread that owns everything it uses (a copy of the cancel key and
+// address, and the flag below: nothing of the connection, connector or pool,
+// so it may outlive them all, and the process's static destruction), and the
+// caller waits for it at most `timeout`; a slower cancel finishes (or fails)
+// on its own. At most max_cancels_in_flight at once per process; when they
+// are all taken, or no thread can be made, nothing is cancelled. PQcancel
+// takes no lock a fork could leave held (no resolver, no TLS in libpq 15).
 inline void cancel_running(PGconn* h, std::chrono::milliseconds timeout) noexcept {
+    std::atomic<int>& in_flight = cancels_in_flight();
+    if (in_flight.fetch_add(1, std::memory_order_acq_rel) >= max_cancels_in_flight) {
+        in_flight.fetch_sub(1, std::memory_order_acq_rel);
+        return;
+    }
     PGcancel* cancel = PQgetCancel(h);
-    if (!cancel) return;
+    if (!cancel) {
+        in_flight.fetch_sub(1, std::memory_order_acq_rel);
+        return;
+    }
     struct done_flag {
         std::mutex m;
         std::condition_variable cv;
@@ -244,10 +289,11 @@ inline void cancel_running(PGconn* h, std::chrono::milliseconds timeout) noexcep
     std::shared_ptr<done_flag> flag;
     try {
         flag = std::make_shared<done_flag>();
-        std::thread([cancel, flag] {
+        std::thread([cancel, flag, &in_flight] {
             char err[256];
             (void)PQcancel(cancel, err, sizeof err);
             PQfreeCancel(cancel);
+            in_flight.fetch_sub(1, std::memory_order_acq_rel);
             {
                 const std::lock_guard<std::mutex> lock(flag->m);
                 flag->done = true;
@@ -256,6 +302,7 @@ inline void cancel_running(PGconn* h, std::chrono::milliseconds timeout) noexcep
         }).detach();
     } catch (...) {
         PQfreeCancel(cancel);
+        in_flight.fetch_sub(1, std::memory_order_acq_rel);
         return;
     }
     std::unique_lock<std::mutex> lock(flag->m);

@@ -167,15 +167,19 @@ inline std::string date_problem(X509* x) {
     return cert;
 }
 
-// libpq (14 and later) refuses a key file that others may read: owned by the
-// user, at most u=rw (0600); owned by root, at most u=rw,g=r (0640). A file
-// owned by someone else is not checked.
+// libpq's rule (fe-secure-openssl.c, as in 15.x: PostgreSQL's "libpq-ssl"
+// documentation): a key file owned by root may grant its group read access,
+// at most u=rw,g=r (0640); a key file owned by anyone else (the current user
+// or not: if we can read it despite such a mode, it is ours to use) must
+// grant its group and others nothing, at most u=rw (0600).
+[[gnu::cold]] inline bool key_mode_refused(uid_t owner, mode_t mode) noexcept {
+    return owner == 0 ? (mode & (S_IWGRP | S_IXGRP | S_IRWXO)) != 0 : (mode & (S_IRWXG | S_IRWXO)) != 0;
+}
+
 [[gnu::cold]] inline void check_key_permissions(const std::string& path) {
     struct stat st {};
     if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return;
-    const bool refused = (st.st_uid == ::geteuid() && (st.st_mode & (S_IRWXG | S_IRWXO)) != 0) ||
-                         (st.st_uid == 0 && (st.st_mode & (S_IWGRP | S_IXGRP | S_IRWXO)) != 0);
-    if (!refused) return;
+    if (!key_mode_refused(st.st_uid, st.st_mode)) return;
     char mode[8];
     std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
     fail("sslkey", path,
@@ -198,8 +202,13 @@ inline int give_password(char* buf, int size, int, void* u) {
 }
 
 // sslkey: PEM, else DER, as libpq reads it; an encrypted PEM key with
-// sslpassword. The messages never show the password.
-[[gnu::cold]] inline pkey_ptr check_key(const std::string& path, const std::string* sslpassword) {
+// sslpassword. The messages never show the password. `password_later`: a
+// credentials callable may give sslpassword at each connect, so an encrypted
+// key that the connection string's sslpassword (if any) does not open is
+// left to libpq, which reports a wrong one at the connect (null: nothing to
+// match against sslcert).
+[[gnu::cold]] inline pkey_ptr check_key(const std::string& path, const std::string* sslpassword,
+                                        bool password_later) {
     check_key_permissions(path);
     const auto bytes = read_regular("sslkey", path);
     if (!bytes) return nullptr;
@@ -207,6 +216,7 @@ inline int give_password(char* buf, int size, int, void* u) {
     bio_ptr bio = memory_bio(*bytes);
     pkey_ptr key{PEM_read_bio_PrivateKey(bio.get(), nullptr, &give_password, &req)};
     if (key) return key;
+    if (req.asked && password_later) return nullptr;
     if (req.asked)
         fail("sslkey", path,
              sslpassword ? "is encrypted and cannot be decrypted with the given sslpassword"
@@ -222,9 +232,10 @@ inline int give_password(char* buf, int size, int, void* u) {
 
 // The checks above, for the files the connection string names (not with
 // sslmode=disable, where libpq reads none of them). Throws config_error.
-// Cold: run once per connector, so compiled for size (every translation unit
-// that builds a connector compiles them).
-[[gnu::cold]] inline void check_tls_files(const parsed_conninfo& ci) {
+// `password_later`: a credentials callable may supply sslpassword (see
+// check_key). Cold: run once per connector, so compiled for size (every
+// translation unit that builds a connector compiles them).
+[[gnu::cold]] inline void check_tls_files(const parsed_conninfo& ci, bool password_later) {
     const std::string* mode = ci.get("sslmode");
     if (mode && *mode == "disable") return;
     tls::error_queue_guard clean;
@@ -236,7 +247,7 @@ inline int give_password(char* buf, int size, int, void* u) {
     const std::string* key_path = ci.get("sslkey");
     // "engine:key-id" names a key held by an OpenSSL engine, not a file.
     if (key_path && !(key_path->find(':') != std::string::npos && ::access(key_path->c_str(), F_OK) != 0))
-        key = tls::check_key(*key_path, ci.get("sslpassword"));
+        key = tls::check_key(*key_path, ci.get("sslpassword"), password_later);
     if (cert && key && X509_check_private_key(cert.get(), key.get()) != 1)
         throw config_error("pqpool: sslkey file " + quoted(*key_path) + " does not hold the key of the certificate in "
                            "sslcert file " + quoted(*cert_path) + " (" + tls::subject_of(cert.get()) + ")");
