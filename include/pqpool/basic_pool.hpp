@@ -149,6 +149,11 @@ public:
     /// pool and the next caller (or `maintain()`) goes on with it, so callers
     /// with short waits still warm a cold pool up. The exception is a host
     /// name lookup inside libpq, which blocks (give `hostaddr` to avoid it).
+    /// The observability policy is called on the calling thread, outside the
+    /// pool's lock: the bound covers the pool's work, and the time its events
+    /// spend in the policy is added to this call (a `timeout` event goes out
+    /// once the wait has ended, before `timeout_error` is thrown), and to no
+    /// other caller's.
     ///
     /// Throws `timeout_error` (carrying the last connect failure when connects
     /// were failing), `exhausted_error` (when the policy forbids waiting),
