@@ -225,8 +225,11 @@ public:
     /// connection and per unfinished connect, each bounded by the connector's
     /// connect timeout; it never sleeps a retry backoff (a connect that must
     /// back off is left for the next call). With leak detection, it first
-    /// reports every lease out longer than the threshold (see
-    /// `observability::leak_detection`). Throws what opening throws.
+    /// reports every lease out longer than the threshold not reported yet
+    /// (see `observability::leak_detection`; an acquire or a return reports
+    /// at most 16 at a time). Throws what opening throws, and
+    /// `std::bad_alloc` (before any lease is reported) when the list of
+    /// overdue leases cannot be allocated.
     maintenance_report maintain() {
         if (!core_) throw_moved_from();
         return core_->maintain();

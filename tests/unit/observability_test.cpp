@@ -654,6 +654,100 @@ TEST_CASE("leak_detection: a threshold of zero is refused, and the default is 60
                       "(milliseconds::max() means no limit)");
 }
 
+TEST_CASE("leak_detection: threshold milliseconds::max() means no limit: nothing overflows, nothing is reported",
+          "[observability][leak][numbers]") {
+    lease_recorder r;
+    auto s = std::make_shared<fake_server>();
+    auto pool = make_leak_pool(s, r, std::chrono::milliseconds::max()); // UBSan: no signed overflow on the way
+    auto out = pool.acquire();
+    manual_clock::advance(std::chrono::hours{24 * 365 * 100});
+    auto other = pool.acquire();
+    other.release();
+    pool.maintain();
+    out.release();
+    CHECK(r.count(event::leak_suspected) == 0);
+    CHECK(r.count(event::leak_returned) == 0);
+    CHECK(r.count(event::acquired) == 2);
+}
+
+TEST_CASE("leak_detection: maintain() reports every overdue lease, a look on the pool's own calls at most 16, the "
+          "rest at the next call",
+          "[observability][leak]") {
+    lease_recorder r;
+    auto s = std::make_shared<fake_server>();
+    auto pool = make_leak_pool(s, r, 1s, 128);
+    std::vector<leak_pool::lease> leaked;
+    for (int i = 0; i < 40; ++i) leaked.push_back(pool.acquire());
+    manual_clock::advance(2s);
+    pool.maintain();
+    CHECK(r.count(event::leak_suspected) == 40);
+    std::vector<std::uint64_t> ids;
+    for (auto& e : r.of(event::leak_suspected)) ids.push_back(e.connection);
+    std::sort(ids.begin(), ids.end());
+    CHECK(std::adjacent_find(ids.begin(), ids.end()) == ids.end()); // each once
+
+    r.clear();
+    for (int i = 0; i < 40; ++i) leaked.push_back(pool.acquire()); // the first look of these: 16 at t = 2 s
+    manual_clock::advance(2s);
+    auto probe = pool.acquire(); // a look: 16 of the 40 overdue
+    CHECK(r.count(event::leak_suspected) == 16);
+    probe.release(); // the next call looks again at once: 16 more
+    CHECK(r.count(event::leak_suspected) == 32);
+    (void)pool.try_acquire(); // 8 more; (its return looks again: none left)
+    CHECK(r.count(event::leak_suspected) == 40);
+    pool.maintain();
+    CHECK(r.count(event::leak_suspected) == 40);
+}
+
+namespace {
+// A sink that, at its first leak report, stops until told to go on (a sink
+// writing to a slow log), so that a test can destroy the pool meanwhile.
+struct stalling_leak_sink {
+    static inline std::atomic<bool> entered{false}, go{false};
+    template <class H>
+    void operator()(const event_info<H>& e) const noexcept {
+        if (e.kind != event::leak_suspected || entered.exchange(true)) return;
+        while (!go) std::this_thread::sleep_for(1ms);
+    }
+};
+} // namespace
+
+TEMPLATE_TEST_CASE("leak_detection: the pool destroyed while acquire_for() or try_acquire() reports a leak: the "
+                   "caller gets closed_error, nothing is freed under it",
+                   "[observability][leak][destroy]", std::true_type, std::false_type) {
+    constexpr bool waits = TestType::value; // acquire_for, or try_acquire
+    stalling_leak_sink::entered = false;
+    stalling_leak_sink::go = false;
+    using obs = combine<observability::leak_detection, sink<stalling_leak_sink>>;
+    using p = null_pool<overflow::fixed, obs>;
+    auto s = std::make_shared<fake_server>();
+    auto pool = std::make_unique<p>(fake_connector<>{s}, overflow::fixed{.size = 2},
+                                    obs{observability::leak_detection{.threshold = 1ms}});
+    auto held = pool->acquire();
+    std::this_thread::sleep_for(5ms); // overdue; the next acquire looks and reports it
+    std::atomic<int> outcome{0};     // 1: closed_error
+    std::thread t([&] {
+        try {
+            if constexpr (waits)
+                (void)pool->acquire_for(1s);
+            else
+                (void)pool->try_acquire();
+            outcome = 2;
+        } catch (const closed_error&) {
+            outcome = 1;
+        } catch (...) {
+            outcome = 3;
+        }
+    });
+    while (!stalling_leak_sink::entered) std::this_thread::sleep_for(1ms);
+    held.release(); // no lease out: nothing but that thread keeps the pool's internals alive
+    pool.reset();   // while it is inside the acquire, in the sink (ASan: no use after free)
+    stalling_leak_sink::go = true;
+    t.join();
+    CHECK(outcome == 1);
+    CHECK(s->open() == 0);
+}
+
 TEST_CASE("leak_detection under threads: every lease is unlinked, every overdue one reported once",
           "[observability][leak]") {
     lease_recorder r;

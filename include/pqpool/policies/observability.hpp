@@ -267,7 +267,10 @@ private:
 /// first of those calls made at least `threshold` after it was acquired, and
 /// no later than `threshold / 8` after that while the pool is busy; a pool
 /// nobody calls reports at its next call, or at the next `maintain()` from
-/// the program's timer. Cost: a coarse clock read and a lock and unlock of a
+/// the program's timer. A look on an acquire or a return reports at most 16
+/// leases (the next call looks again at once for the rest), so that the
+/// events it delivers stay bounded; `maintain()` reports every one.
+/// `milliseconds::max()` means no limit: nothing is ever reported. Cost: a coarse clock read and a lock and unlock of a
 /// lock of its own at acquire and at release (when no other policy reads the
 /// precise clock).
 struct leak_detection {
