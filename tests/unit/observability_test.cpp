@@ -825,6 +825,38 @@ TEST_CASE("logfmt_writer in a pool: a line per rare event, and lines from thread
     CHECK(retired == 400);
 }
 
+// --- TLS facts' dates (the facts of a real connection: tests/integration)
+
+namespace {
+std::optional<std::chrono::sys_seconds> asn1_time(const char* text) {
+    ASN1_TIME* t = ASN1_TIME_new();
+    REQUIRE(t != nullptr);
+    const bool set = ASN1_TIME_set_string(t, text) == 1;
+    const auto out = detail::asn1_time_point(t);
+    ASN1_TIME_free(t);
+    REQUIRE(set);
+    return out;
+}
+} // namespace
+
+TEST_CASE("TLS facts: a certificate's notAfter to the second, up to 9999-12-31 (no well-defined expiration date)",
+          "[observability][tls][numbers]") {
+    using namespace std::chrono;
+    CHECK(asn1_time("20231114221320Z")->time_since_epoch() == seconds{1'700'000'000});
+    CHECK(asn1_time("491231235959Z") == sys_days{2049y / 12 / 31} + 86399s); // UTCTime: 49 is 2049
+    CHECK(asn1_time("500101000000Z") == sys_days{1950y / 1 / 1});            // ... and 50 is 1950
+    const auto never = asn1_time("99991231235959Z");
+    REQUIRE(never);
+    CHECK(*never == sys_days{9999y / 12 / 31} + 86399s); // past system_clock's nanoseconds (2262)
+    tls_facts f;
+    f.certificate_not_after = never;
+    const auto now = sys_days{2026y / 12 / 6};
+    REQUIRE(f.certificate_expires_in(now));
+    CHECK(*f.certificate_expires_in(now) == *never - now); // about 7,973 years: far in the future, not expired
+    f.certificate_not_after = asn1_time("20261205000000Z");
+    CHECK(*f.certificate_expires_in(now) == -days{1}); // expired yesterday: negative
+}
+
 // --- the exposition's text (promtool checks a real one: tests/integration)
 
 TEST_CASE("prometheus exposition: stats, counters and histograms under OpenTelemetry's names",
