@@ -907,6 +907,30 @@ TEST_CASE("prometheus exposition: stats, counters and histograms under OpenTelem
     CHECK(last == 2);
 }
 
+TEST_CASE("prometheus exposition: a pool name that is not UTF-8 gets U+FFFD for each stray byte, and UTF-8 is kept",
+          "[observability][prometheus]") {
+    auto s = std::make_shared<fake_server>();
+    null_pool<overflow::fixed> pool{fake_connector<>{s}, overflow::fixed{.size = 3}};
+    const auto max_line = [&](const std::string& name) {
+        const std::string text = prometheus_exposition().add(pool, name).str();
+        const std::string head = "db_client_connection_max{db_client_connection_pool_name=\"";
+        const auto at = text.find(head);
+        REQUIRE(at != std::string::npos);
+        const auto end = text.find("\"} 3\n", at);
+        REQUIRE(end != std::string::npos);
+        return text.substr(at + head.size(), end - at - head.size());
+    };
+    const std::string fffd = "\xEF\xBF\xBD";
+    CHECK(max_line("caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x90\x98") == "caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x90\x98"); // é € 🐘
+    CHECK(max_line("caf\xE9-latin1") == "caf" + fffd + "-latin1");
+    CHECK(max_line("a\xFF\xFE" "b") == "a" + fffd + fffd + "b");
+    CHECK(max_line("\xC0\xAF") == fffd + fffd);                  // an overlong '/'
+    CHECK(max_line("\xED\xA0\x80") == fffd + fffd + fffd);       // a surrogate (U+D800)
+    CHECK(max_line("\xF4\x90\x80\x80") == fffd + fffd + fffd + fffd); // above U+10FFFF
+    CHECK(max_line("cut \xE2\x82") == "cut " + fffd + fffd);     // a sequence cut short at the end
+    CHECK(max_line("q\"\\\n\xE9") == "q\\\"\\\\\\n" + fffd);     // escapes still apply
+}
+
 TEST_CASE("docs/observability.md's first snippet compiles and runs without a server", "[observability]") {
     std::ostringstream out;
     namespace obs = pqpool::observability;
