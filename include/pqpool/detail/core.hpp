@@ -178,17 +178,26 @@ public:
         } else {
             check_fork();
             const time_point start = lease_clock();
-            std::optional<pin_guard> pin;
-            if constexpr (tracks_leaks) {
-                if (leak_look_due(start)) {
-                    pin.emplace(*this, pin_guard::take);
-                    report_some_leaks(start);
+            lease_type l = [&] {
+                if constexpr (tracks_leaks) {
+                    if (leak_look_due(start)) [[unlikely]]
+                        return acquire_after_leak_look(timeout, start);
                 }
-            }
-            lease_type l = acquire_here(timeout);
-            lease_out(*l.info_, start, where);
+                return acquire_here(timeout);
+            }();
+            lease_out(*l.info_, start, where); // the lease keeps the core alive
             return l;
         }
+    }
+
+    // acquire_here() when a look for leaks is due: out of line, so that the
+    // plain path stays as small as it was. The pin is dropped once the lease
+    // counts (or, on a throw, as the last step).
+    template <class = void>
+    [[gnu::noinline]] lease_type acquire_after_leak_look(std::chrono::milliseconds timeout, time_point start) {
+        pin_guard pin(*this, pin_guard::take);
+        report_some_leaks(start);
+        return acquire_here(timeout);
     }
 
     std::optional<lease_type> try_acquire_at([[maybe_unused]] const location_type& where) {
@@ -714,9 +723,14 @@ private:
     // no limit) puts the next look at the end of time, never past it.
     template <class = void>
     bool leak_look_due(time_point now) noexcept {
+        const auto due = leaks_.next_look.load(std::memory_order_relaxed);
+        if (now.time_since_epoch().count() < due) [[likely]]
+            return false;
+        return claim_leak_look(now, due);
+    }
+    template <class = void>
+    [[gnu::noinline]] bool claim_leak_look(time_point now, typename clock::duration::rep due) noexcept {
         using duration = typename clock::duration;
-        auto due = leaks_.next_look.load(std::memory_order_relaxed);
-        if (now.time_since_epoch().count() < due) return false;
         const std::chrono::milliseconds threshold = observer_.leak_threshold();
         const duration ticks =
             shorter_than(threshold, duration::max()) ? std::chrono::duration_cast<duration>(threshold) : duration::max();
