@@ -149,6 +149,11 @@ public:
     /// pool and the next caller (or `maintain()`) goes on with it, so callers
     /// with short waits still warm a cold pool up. The exception is a host
     /// name lookup inside libpq, which blocks (give `hostaddr` to avoid it).
+    /// The observability policy is called on the calling thread, outside the
+    /// pool's lock: the bound covers the pool's work, and the time its events
+    /// spend in the policy is added to this call (a `timeout` event goes out
+    /// once the wait has ended, before `timeout_error` is thrown), and to no
+    /// other caller's.
     ///
     /// Throws `timeout_error` (carrying the last connect failure when connects
     /// were failing), `exhausted_error` (when the policy forbids waiting),
@@ -220,8 +225,11 @@ public:
     /// connection and per unfinished connect, each bounded by the connector's
     /// connect timeout; it never sleeps a retry backoff (a connect that must
     /// back off is left for the next call). With leak detection, it first
-    /// reports every lease out longer than the threshold (see
-    /// `observability::leak_detection`). Throws what opening throws.
+    /// reports every lease out longer than the threshold not reported yet
+    /// (see `observability::leak_detection`; an acquire or a return reports
+    /// at most 16 at a time). Throws what opening throws, and
+    /// `std::bad_alloc` (before any lease is reported) when the list of
+    /// overdue leases cannot be allocated.
     maintenance_report maintain() {
         if (!core_) throw_moved_from();
         return core_->maintain();

@@ -225,6 +225,20 @@ TEST_CASE("a pool that has seen every event: its exposition passes promtool and 
     CHECK(log.str().find("event=leak_suspected") != std::string::npos);
 }
 
+TEST_CASE("every pool name gives an exposition promtool accepts: quotes, backslashes, line breaks, bytes that are "
+          "not UTF-8",
+          "[observability][prometheus]") {
+    pqpool::pool<observability::counters> p{"host=localhost"}; // no connection needed: stats and counters
+    for (const std::string& name :
+         {std::string("q\"uo\\te\nnl"), std::string("caf\xe9-latin1"), std::string("a\xff\xfe" "b"),
+          std::string("cut \xe2\x82"), std::string("caf\xc3\xa9")}) {
+        const std::string text = prometheus_exposition().add(p, "ok").add(p, name).str();
+        const auto [status, said] = promtool_check(text);
+        INFO("pool name of " << name.size() << " bytes; promtool: " << said);
+        CHECK(status == 0);
+    }
+}
+
 TEST_CASE("a wrong password: the connect_failed event says so without the password", "[observability]") {
     const std::string wrong = "Gz4Hn-Bc7Xs-Wm2Fy";
     test::event_recorder recorded;

@@ -62,40 +62,99 @@ TEST_CASE("fork_safety::none does nothing in the child (the user promised not to
 }
 
 namespace {
-// An observer that, once armed, blocks inside the pool's lock (the timeout
-// event is reported under it) until released: it lets a test fork() while
-// another thread holds the pool's mutex.
-struct lock_holder {
-    using category = observability_tag;
-    static inline std::atomic<bool> armed{false}, inside{false}, release{false};
-    template <class Handle>
-    void on_event(const event_info<Handle>& e) noexcept {
-        if (e.kind != event::timeout || !armed.exchange(false)) return;
-        inside = true;
-        while (!release) std::this_thread::yield();
+// A concurrency policy whose lock stops, held, in one chosen thread: the
+// `skip`-th lock that thread takes (counting from 0) stays held until `go`.
+// The pool's lock and the leak list's are both of this type, so a test can
+// fork() while another thread truly holds either one.
+struct lock_stop {
+    static inline std::atomic<std::thread::id> thread{};
+    static inline std::atomic<int> skip{0};
+    static inline std::atomic<bool> inside{false}, go{false};
+    static void reset(int locks_to_skip) {
+        thread = std::thread::id{};
+        skip = locks_to_skip;
+        inside = false;
+        go = false;
     }
 };
+struct stopping_lock {
+    detail::pool_lock inner;
+    void lock() noexcept {
+        inner.lock();
+        if (lock_stop::thread.load() == std::this_thread::get_id() && lock_stop::skip-- == 0) {
+            lock_stop::thread = std::thread::id{};
+            lock_stop::inside = true;
+            while (!lock_stop::go) std::this_thread::sleep_for(std::chrono::milliseconds{1});
+        }
+    }
+    void unlock() noexcept { inner.unlock(); }
+};
+struct stopping_concurrency {
+    using category = concurrency_tag;
+    using mutex_type = stopping_lock;
+    static constexpr bool can_wait = true;
+    static constexpr bool fifo = true;
+    std::chrono::nanoseconds max_spin() const noexcept { return {}; }
+};
+static_assert(concurrency_policy<stopping_concurrency>);
+
+// Runs `in_thread` on a thread of its own (armed to stop in its lock number
+// `locks_to_skip`); once that thread holds the lock, forks and runs `child`
+// in the child under alarm(10) (a deadlock kills it: it then has no exit
+// code, and in_child fails the test); then lets the thread go.
+template <class InThread, class Child>
+int fork_while_held(int locks_to_skip, InThread in_thread, Child child) {
+    lock_stop::reset(locks_to_skip);
+    std::thread holder([&] {
+        lock_stop::thread = std::this_thread::get_id();
+        in_thread();
+    });
+    while (!lock_stop::inside) std::this_thread::sleep_for(std::chrono::milliseconds{1});
+    int code = -1;
+    try {
+        code = in_child([&] {
+            ::alarm(10);
+            return child();
+        });
+    } catch (...) { // a failed REQUIRE (the child was killed): let the thread go first
+        lock_stop::go = true;
+        holder.join();
+        throw;
+    }
+    lock_stop::go = true;
+    holder.join();
+    return code;
+}
 } // namespace
 
 TEST_CASE("fork() while another thread holds the pool's lock: the child's pool still works", "[fork_safety]") {
     auto s = std::make_shared<fake_server>();
-    using p = fake_pool<validation::none, recycling::none, overflow::fixed, fork_safety::detect, lock_holder>;
+    using p = fake_pool<validation::none, recycling::none, overflow::fixed, fork_safety::detect, stopping_concurrency>;
     p pool{fake_connector<>{s}, overflow::fixed{.size = 1}};
-    auto held = pool.acquire();
-    lock_holder::armed = true;
-    std::thread holder([&] {
-        try {
-            (void)pool.acquire_for(1ms); // times out, and the observer blocks under the lock
-        } catch (const timeout_error&) {
-        }
-    });
-    while (!lock_holder::inside) std::this_thread::yield();
-    const int code = in_child([&] {
-        ::alarm(10); // a deadlock here kills the child instead of hanging the suite
-        auto l = pool.acquire();
-        return l.get()->id == 1 && pool.stats().in_use == 1 ? 0 : 1;
-    });
-    lock_holder::release = true;
-    holder.join();
+    { auto warm = pool.acquire(); }
+    const int code = fork_while_held(
+        0, [&] { (void)pool.stats(); }, // its one lock: the pool's
+        [&] {
+            auto l = pool.acquire();
+            return l.get()->id == 1 && pool.stats().in_use == 1 ? 0 : 1;
+        });
+    CHECK(code == 0);
+    CHECK(pool.stats().idle == 1); // the parent's pool is untouched
+}
+
+TEST_CASE("fork() while another thread holds the leak list's lock: the child's pool still works",
+          "[fork_safety][leak]") {
+    auto s = std::make_shared<fake_server>();
+    using p = fake_pool<validation::none, recycling::none, overflow::fixed, fork_safety::detect, stopping_concurrency,
+                        observability::leak_detection>;
+    p pool{fake_connector<>{s}, overflow::fixed{.size = 2}, observability::leak_detection{.threshold = 1ms}};
+    auto out = pool.acquire();
+    std::this_thread::sleep_for(5ms); // overdue, and the child's acquire is due to look for leaks
+    const int code = fork_while_held(
+        1, [&] { (void)pool.maintain(); }, // its locks: the pool's (its pin), then the leak list's
+        [&] {
+            auto l = pool.acquire_for(500ms);
+            return l.get()->id == 1 ? 0 : 1;
+        });
     CHECK(code == 0);
 }

@@ -654,6 +654,100 @@ TEST_CASE("leak_detection: a threshold of zero is refused, and the default is 60
                       "(milliseconds::max() means no limit)");
 }
 
+TEST_CASE("leak_detection: threshold milliseconds::max() means no limit: nothing overflows, nothing is reported",
+          "[observability][leak][numbers]") {
+    lease_recorder r;
+    auto s = std::make_shared<fake_server>();
+    auto pool = make_leak_pool(s, r, std::chrono::milliseconds::max()); // UBSan: no signed overflow on the way
+    auto out = pool.acquire();
+    manual_clock::advance(std::chrono::hours{24 * 365 * 100});
+    auto other = pool.acquire();
+    other.release();
+    pool.maintain();
+    out.release();
+    CHECK(r.count(event::leak_suspected) == 0);
+    CHECK(r.count(event::leak_returned) == 0);
+    CHECK(r.count(event::acquired) == 2);
+}
+
+TEST_CASE("leak_detection: maintain() reports every overdue lease, a look on the pool's own calls at most 16, the "
+          "rest at the next call",
+          "[observability][leak]") {
+    lease_recorder r;
+    auto s = std::make_shared<fake_server>();
+    auto pool = make_leak_pool(s, r, 1s, 128);
+    std::vector<leak_pool::lease> leaked;
+    for (int i = 0; i < 40; ++i) leaked.push_back(pool.acquire());
+    manual_clock::advance(2s);
+    pool.maintain();
+    CHECK(r.count(event::leak_suspected) == 40);
+    std::vector<std::uint64_t> ids;
+    for (auto& e : r.of(event::leak_suspected)) ids.push_back(e.connection);
+    std::sort(ids.begin(), ids.end());
+    CHECK(std::adjacent_find(ids.begin(), ids.end()) == ids.end()); // each once
+
+    r.clear();
+    for (int i = 0; i < 40; ++i) leaked.push_back(pool.acquire()); // the first look of these: 16 at t = 2 s
+    manual_clock::advance(2s);
+    auto probe = pool.acquire(); // a look: 16 of the 40 overdue
+    CHECK(r.count(event::leak_suspected) == 16);
+    probe.release(); // the next call looks again at once: 16 more
+    CHECK(r.count(event::leak_suspected) == 32);
+    (void)pool.try_acquire(); // 8 more; (its return looks again: none left)
+    CHECK(r.count(event::leak_suspected) == 40);
+    pool.maintain();
+    CHECK(r.count(event::leak_suspected) == 40);
+}
+
+namespace {
+// A sink that, at its first leak report, stops until told to go on (a sink
+// writing to a slow log), so that a test can destroy the pool meanwhile.
+struct stalling_leak_sink {
+    static inline std::atomic<bool> entered{false}, go{false};
+    template <class H>
+    void operator()(const event_info<H>& e) const noexcept {
+        if (e.kind != event::leak_suspected || entered.exchange(true)) return;
+        while (!go) std::this_thread::sleep_for(1ms);
+    }
+};
+} // namespace
+
+TEMPLATE_TEST_CASE("leak_detection: the pool destroyed while acquire_for() or try_acquire() reports a leak: the "
+                   "caller gets closed_error, nothing is freed under it",
+                   "[observability][leak][destroy]", std::true_type, std::false_type) {
+    constexpr bool waits = TestType::value; // acquire_for, or try_acquire
+    stalling_leak_sink::entered = false;
+    stalling_leak_sink::go = false;
+    using obs = combine<observability::leak_detection, sink<stalling_leak_sink>>;
+    using p = null_pool<overflow::fixed, obs>;
+    auto s = std::make_shared<fake_server>();
+    auto pool = std::make_unique<p>(fake_connector<>{s}, overflow::fixed{.size = 2},
+                                    obs{observability::leak_detection{.threshold = 1ms}});
+    auto held = pool->acquire();
+    std::this_thread::sleep_for(5ms); // overdue; the next acquire looks and reports it
+    std::atomic<int> outcome{0};     // 1: closed_error
+    std::thread t([&] {
+        try {
+            if constexpr (waits)
+                (void)pool->acquire_for(1s);
+            else
+                (void)pool->try_acquire();
+            outcome = 2;
+        } catch (const closed_error&) {
+            outcome = 1;
+        } catch (...) {
+            outcome = 3;
+        }
+    });
+    while (!stalling_leak_sink::entered) std::this_thread::sleep_for(1ms);
+    held.release(); // no lease out: nothing but that thread keeps the pool's internals alive
+    pool.reset();   // while it is inside the acquire, in the sink (ASan: no use after free)
+    stalling_leak_sink::go = true;
+    t.join();
+    CHECK(outcome == 1);
+    CHECK(s->open() == 0);
+}
+
 TEST_CASE("leak_detection under threads: every lease is unlinked, every overdue one reported once",
           "[observability][leak]") {
     lease_recorder r;
@@ -731,6 +825,38 @@ TEST_CASE("logfmt_writer in a pool: a line per rare event, and lines from thread
     CHECK(retired == 400);
 }
 
+// --- TLS facts' dates (the facts of a real connection: tests/integration)
+
+namespace {
+std::optional<std::chrono::sys_seconds> asn1_time(const char* text) {
+    ASN1_TIME* t = ASN1_TIME_new();
+    REQUIRE(t != nullptr);
+    const bool set = ASN1_TIME_set_string(t, text) == 1;
+    const auto out = detail::asn1_time_point(t);
+    ASN1_TIME_free(t);
+    REQUIRE(set);
+    return out;
+}
+} // namespace
+
+TEST_CASE("TLS facts: a certificate's notAfter to the second, up to 9999-12-31 (no well-defined expiration date)",
+          "[observability][tls][numbers]") {
+    using namespace std::chrono;
+    CHECK(asn1_time("20231114221320Z")->time_since_epoch() == seconds{1'700'000'000});
+    CHECK(asn1_time("491231235959Z") == sys_days{2049y / 12 / 31} + 86399s); // UTCTime: 49 is 2049
+    CHECK(asn1_time("500101000000Z") == sys_days{1950y / 1 / 1});            // ... and 50 is 1950
+    const auto never = asn1_time("99991231235959Z");
+    REQUIRE(never);
+    CHECK(*never == sys_days{9999y / 12 / 31} + 86399s); // past system_clock's nanoseconds (2262)
+    tls_facts f;
+    f.certificate_not_after = never;
+    const auto now = sys_days{2026y / 12 / 6};
+    REQUIRE(f.certificate_expires_in(now));
+    CHECK(*f.certificate_expires_in(now) == *never - now); // about 7,973 years: far in the future, not expired
+    f.certificate_not_after = asn1_time("20261205000000Z");
+    CHECK(*f.certificate_expires_in(now) == -days{1}); // expired yesterday: negative
+}
+
 // --- the exposition's text (promtool checks a real one: tests/integration)
 
 TEST_CASE("prometheus exposition: stats, counters and histograms under OpenTelemetry's names",
@@ -779,6 +905,30 @@ TEST_CASE("prometheus exposition: stats, counters and histograms under OpenTelem
         last = v;
     }
     CHECK(last == 2);
+}
+
+TEST_CASE("prometheus exposition: a pool name that is not UTF-8 gets U+FFFD for each stray byte, and UTF-8 is kept",
+          "[observability][prometheus]") {
+    auto s = std::make_shared<fake_server>();
+    null_pool<overflow::fixed> pool{fake_connector<>{s}, overflow::fixed{.size = 3}};
+    const auto max_line = [&](const std::string& name) {
+        const std::string text = prometheus_exposition().add(pool, name).str();
+        const std::string head = "db_client_connection_max{db_client_connection_pool_name=\"";
+        const auto at = text.find(head);
+        REQUIRE(at != std::string::npos);
+        const auto end = text.find("\"} 3\n", at);
+        REQUIRE(end != std::string::npos);
+        return text.substr(at + head.size(), end - at - head.size());
+    };
+    const std::string fffd = "\xEF\xBF\xBD";
+    CHECK(max_line("caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x90\x98") == "caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x90\x98"); // é € 🐘
+    CHECK(max_line("caf\xE9-latin1") == "caf" + fffd + "-latin1");
+    CHECK(max_line("a\xFF\xFE" "b") == "a" + fffd + fffd + "b");
+    CHECK(max_line("\xC0\xAF") == fffd + fffd);                  // an overlong '/'
+    CHECK(max_line("\xED\xA0\x80") == fffd + fffd + fffd);       // a surrogate (U+D800)
+    CHECK(max_line("\xF4\x90\x80\x80") == fffd + fffd + fffd + fffd); // above U+10FFFF
+    CHECK(max_line("cut \xE2\x82") == "cut " + fffd + fffd);     // a sequence cut short at the end
+    CHECK(max_line("q\"\\\n\xE9") == "q\\\"\\\\\\n" + fffd);     // escapes still apply
 }
 
 TEST_CASE("docs/observability.md's first snippet compiles and runs without a server", "[observability]") {

@@ -7,14 +7,22 @@
 #include "catch.hpp"
 #include "test_pool.hpp"
 
+#include <pqpool/observability/logfmt.hpp>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <mutex>
-#include <string>
 #include <optional>
+#include <ostream>
+#include <streambuf>
+#include <string>
 #include <thread>
 #include <vector>
+
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 using namespace pqpool;
 using namespace pqpool::test;
@@ -360,4 +368,150 @@ TEST_CASE("a ping timeout of milliseconds::max() means no limit of its own, not 
     { auto again = pool.acquire(); }
     CHECK(s->pings == 1);
     CHECK(s->connects == 1); // the ping succeeded: the connection was reused
+}
+
+// --- An observer that blocks (a sink writing to a stalled log). Events are
+// delivered on the calling thread, outside the pool's lock: the bound covers
+// the pool's work; what the observer takes is added to the call that
+// delivered the event, and to no other.
+
+namespace {
+// Stops at the first timeout event until told to go on (or for 3 s at most,
+// so that a pool that wrongly holds its lock meanwhile fails the test instead
+// of hanging it), and records when that event came.
+struct stalling_timeout_sink {
+    static inline std::atomic<bool> entered{false}, go{false};
+    static inline std::atomic<steady::rep> entered_at{0};
+    template <class Handle>
+    void operator()(const event_info<Handle>& e) const noexcept {
+        if (e.kind != event::timeout || entered.exchange(true)) return;
+        entered_at = steady::now().time_since_epoch().count();
+        for (int i = 0; i < 3000 && !go; ++i) std::this_thread::sleep_for(1ms);
+    }
+};
+} // namespace
+
+TEST_CASE("an observer that blocks holds up only the call that delivered the event: that wait still ended on time, "
+          "and the pool serves others meanwhile",
+          "[time_bounds][observability]") {
+    stalling_timeout_sink::entered = false;
+    stalling_timeout_sink::go = false;
+    auto s = std::make_shared<fake_server>();
+    using p = fake_pool<validation::none, recycling::none, retry::none, fork_safety::none, overflow::fixed,
+                        observability::sink<stalling_timeout_sink>>;
+    p pool{fake_connector<>{s}, overflow::fixed{.size = 2}};
+    auto a = pool.acquire(), b = pool.acquire();
+    std::atomic<bool> timed_out{false};
+    const auto start = steady::now();
+    std::thread stalled([&] {
+        try {
+            (void)pool.acquire_for(50ms);
+        } catch (const timeout_error&) {
+            timed_out = true;
+        }
+    });
+    while (!stalling_timeout_sink::entered) std::this_thread::sleep_for(1ms);
+    // The pool's part: the wait ended, and the event went out, within the wait plus the margin.
+    CHECK(steady::time_point{steady::duration{stalling_timeout_sink::entered_at.load()}} - start < 50ms + margin);
+    // Meanwhile the pool's lock is free: a return, an acquire, and a timeout of another caller.
+    std::optional<p::lease> c;
+    CHECK(time_of([&] {
+              a.release();
+              c.emplace(pool.acquire_for(0ms));
+          }) < margin);
+    CHECK(time_of([&] { CHECK_THROWS_AS(pool.acquire_for(50ms), timeout_error); }) < 50ms + margin);
+    CHECK(pool.stats().in_use == 2);
+    CHECK_FALSE(timed_out); // still in the observer
+    stalling_timeout_sink::go = true;
+    stalled.join();
+    CHECK(timed_out);
+}
+
+namespace {
+// A stream buffer that writes straight to a file descriptor (a pipe), as
+// stderr does: a write blocks while the pipe is full.
+struct fd_buf : std::streambuf {
+    int fd;
+    explicit fd_buf(int f) : fd(f) {}
+    std::streamsize xsputn(const char* s, std::streamsize n) override {
+        std::streamsize done = 0;
+        while (done < n) {
+            const auto w = ::write(fd, s + done, static_cast<std::size_t>(n - done));
+            if (w <= 0) break;
+            done += w;
+        }
+        return done;
+    }
+    int_type overflow(int_type c) override {
+        const char ch = traits_type::to_char_type(c);
+        return c != traits_type::eof() && xsputn(&ch, 1) == 1 ? c : traits_type::eof();
+    }
+};
+
+double cpu_seconds() {
+    rusage r{};
+    ::getrusage(RUSAGE_SELF, &r);
+    return static_cast<double>(r.ru_utime.tv_sec + r.ru_stime.tv_sec) +
+           static_cast<double>(r.ru_utime.tv_usec + r.ru_stime.tv_usec) / 1e6;
+}
+} // namespace
+
+TEST_CASE("logfmt_writer on a stalled stream: callers with a line to write sleep until it drains, and the pool "
+          "serves others meanwhile",
+          "[time_bounds][observability][logfmt]") {
+    int fds[2];
+    REQUIRE(::pipe(fds) == 0);
+    fd_buf buf(fds[1]);
+    std::ostream log(&buf);
+    using log_sink = observability::sink<observability::logfmt_writer>;
+    auto s = std::make_shared<fake_server>();
+    using p = fake_pool<validation::none, recycling::none, retry::none, fork_safety::none, overflow::fixed, log_sink>;
+    p pool{fake_connector<>{s}, overflow::fixed{.size = 1}, log_sink{observability::logfmt_writer{log, "main"}}};
+    auto held = pool.acquire(); // the only connection: every acquire_for below times out, and logs it
+    // The log's reader stalls: the pipe is full.
+    ::fcntl(fds[1], F_SETFL, O_NONBLOCK);
+    std::vector<char> junk(4096, 'x');
+    while (::write(fds[1], junk.data(), junk.size()) > 0) {
+    }
+    ::fcntl(fds[1], F_SETFL, 0);
+
+    constexpr int threads = 3;
+    std::atomic<int> timed_out{0};
+    const double cpu_before = cpu_seconds();
+    std::vector<std::thread> ts;
+    for (int i = 0; i < threads; ++i)
+        ts.emplace_back([&] {
+            try {
+                (void)pool.acquire_for(20ms);
+            } catch (const timeout_error&) {
+                ++timed_out;
+            }
+        });
+    std::this_thread::sleep_for(1s); // the stall
+    const double cpu_during = cpu_seconds() - cpu_before;
+    const pool_stats during = pool.stats();
+    // The pool serves others meanwhile (a return and an acquire log nothing).
+    CHECK(time_of([&] {
+              held.release();
+              held = pool.acquire_for(0ms);
+          }) < margin);
+    // The reader wakes up: every caller goes on.
+    std::atomic<bool> stop{false};
+    std::thread drain([&] {
+        ::fcntl(fds[0], F_SETFL, O_NONBLOCK);
+        std::vector<char> sink(65536);
+        while (!stop)
+            if (::read(fds[0], sink.data(), sink.size()) <= 0) std::this_thread::sleep_for(1ms);
+    });
+    for (auto& t : ts) t.join();
+    held.release();
+    pool.close();
+    stop = true;
+    drain.join();
+    ::close(fds[0]);
+    ::close(fds[1]);
+    INFO("CPU time of the process during the 1 s stall: " << cpu_during << " s");
+    CHECK(cpu_during < 0.3);          // the callers behind the blocked write sleep; none spins
+    CHECK(during.waiting == 0);       // their waits ended on time; they are in the observer, not in line
+    CHECK(timed_out == threads);
 }

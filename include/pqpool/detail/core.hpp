@@ -166,25 +166,51 @@ public:
     // acquire(), and what the observability policy wants to know of the lease:
     // its wait, its start, where it was acquired. For a policy that watches no
     // lease this is acquire() itself.
+    //
+    // With leak detection, the look for overdue leases comes after the fork
+    // check (in a child, the leak list's lock may have been held at fork() by
+    // a thread that does not exist there: adopting the pool rebuilds it), and
+    // a look that reports does so under a pin held through the acquire (the
+    // observer may take long, and the pool may be destroyed meanwhile).
     lease_type acquire_at(std::chrono::milliseconds timeout, [[maybe_unused]] const location_type& where) {
         if constexpr (!watches_leases) {
             return acquire(timeout);
         } else {
+            check_fork();
             const time_point start = lease_clock();
-            if constexpr (tracks_leaks) look_for_leaks(start);
-            lease_type l = acquire(timeout);
-            lease_out(*l.info_, start, where);
+            lease_type l = [&] {
+                if constexpr (tracks_leaks) {
+                    if (leak_look_due(start)) [[unlikely]]
+                        return acquire_after_leak_look(timeout, start);
+                }
+                return acquire_here(timeout);
+            }();
+            lease_out(*l.info_, start, where); // the lease keeps the core alive
             return l;
         }
+    }
+
+    // acquire_here() when a look for leaks is due: out of line, so that the
+    // plain path stays as small as it was. The pin is dropped once the lease
+    // counts (or, on a throw, as the last step).
+    template <class = void>
+    [[gnu::noinline]] lease_type acquire_after_leak_look(std::chrono::milliseconds timeout, time_point start) {
+        pin_guard pin(*this, pin_guard::take);
+        report_some_leaks(start);
+        return acquire_here(timeout);
     }
 
     std::optional<lease_type> try_acquire_at([[maybe_unused]] const location_type& where) {
         if constexpr (!watches_leases) {
             return try_acquire();
         } else {
+            check_fork();
             const time_point start = lease_clock();
-            if constexpr (tracks_leaks) look_for_leaks(start);
-            std::optional<lease_type> l = try_acquire();
+            pin_guard pin(*this, pin_guard::take);
+            if constexpr (tracks_leaks) {
+                if (leak_look_due(start)) report_some_leaks(start);
+            }
+            std::optional<lease_type> l = try_acquire_pinned();
             if (l) lease_out(*l->info_, start, where);
             return l;
         }
@@ -192,6 +218,11 @@ public:
 
     lease_type acquire(std::chrono::milliseconds timeout) {
         check_fork();
+        return acquire_here(timeout);
+    }
+
+    // acquire() once the fork check is done.
+    lease_type acquire_here(std::chrono::milliseconds timeout) {
         // The fast path: an idle connection, nobody waiting (or, barging, nobody
         // waiting past its patience). One lock, a pop. (A closed pool has no
         // idle connection.)
@@ -256,6 +287,11 @@ public:
     std::optional<lease_type> try_acquire() {
         check_fork();
         pin_guard pin(*this, pin_guard::take);
+        return try_acquire_pinned();
+    }
+
+    // try_acquire() once the fork check is done, for a caller that holds a pin.
+    std::optional<lease_type> try_acquire_pinned() {
         deadline_type never = deadline_type::never();
         bool first = false;
         for (;;) {
@@ -436,7 +472,7 @@ public:
     maintenance_report maintain() {
         check_fork();
         pin_guard pin(*this, pin_guard::take);
-        if constexpr (tracks_leaks) report_leaks(lease_clock());
+        if constexpr (tracks_leaks) report_all_leaks(lease_clock());
         maintenance_report report;
         {
             std::vector<info*> stale;
@@ -679,51 +715,94 @@ private:
     // load otherwise), report the leases out longer than the threshold.
     template <class = void>
     void look_for_leaks(time_point now) noexcept {
-        const auto t = now.time_since_epoch().count();
-        auto due = leaks_.next_look.load(std::memory_order_relaxed);
-        if (t < due) return;
-        const auto interval = std::max<typename clock::duration::rep>(
-            std::chrono::duration_cast<typename clock::duration>(observer_.leak_threshold() / 8).count(), 1);
-        if (!leaks_.next_look.compare_exchange_strong(due, t + interval, std::memory_order_relaxed)) return;
-        report_leaks(now);
+        if (leak_look_due(now)) report_some_leaks(now);
     }
 
-    // Reports each lease out longer than the threshold, once. The events go
-    // out after the list's lock is released, a batch at a time.
-    void report_leaks(time_point now) noexcept {
-        if constexpr (tracks_leaks) {
-            struct overdue {
-                std::uint64_t id, uses;
-                pqpool::source_location where;
-                std::chrono::nanoseconds out;
-            };
-            const auto threshold = observer_.leak_threshold();
-            std::array<overdue, 16> batch;
-            std::size_t n = 0;
-            bool more = false;
-            {
-                std::lock_guard lock(leaks_.mutex);
-                for (info* r = leaks_.head; r; r = r->out_next) {
-                    if (r->reported || shorter_than(now - r->out_since, threshold)) continue;
-                    if (n == batch.size()) {
-                        more = true;
-                        break;
-                    }
-                    r->reported = true;
-                    batch[n++] = {r->id, r->uses, r->where, now - r->out_since};
-                }
+    // Is a look due at `now`? Claims it: the next one is due threshold / 8
+    // later. In clock ticks, saturated: a huge threshold (milliseconds::max(),
+    // no limit) puts the next look at the end of time, never past it.
+    template <class = void>
+    bool leak_look_due(time_point now) noexcept {
+        const auto due = leaks_.next_look.load(std::memory_order_relaxed);
+        if (now.time_since_epoch().count() < due) [[likely]]
+            return false;
+        return claim_leak_look(now, due);
+    }
+    template <class = void>
+    [[gnu::noinline]] bool claim_leak_look(time_point now, typename clock::duration::rep due) noexcept {
+        using duration = typename clock::duration;
+        const std::chrono::milliseconds threshold = observer_.leak_threshold();
+        const duration ticks =
+            shorter_than(threshold, duration::max()) ? std::chrono::duration_cast<duration>(threshold) : duration::max();
+        const duration interval = std::max(ticks / 8, duration{1});
+        const auto next = saturating_add(now, interval).time_since_epoch().count();
+        return leaks_.next_look.compare_exchange_strong(due, next, std::memory_order_relaxed);
+    }
+
+    // A lease out longer than the threshold, as reported (copied under the
+    // list's lock; the events go out after it is released).
+    struct overdue {
+        std::uint64_t id = 0, uses = 0;
+        pqpool::source_location where{};
+        std::chrono::nanoseconds out{};
+    };
+
+    // Under the list's lock: the leases out longer than the threshold at
+    // `now` and not reported yet; up to `room` of them are marked reported
+    // and copied to `out` (when `out` is null, none: they are only counted).
+    // Returns how many there are, copied or not.
+    template <class = void>
+    std::size_t collect_overdue(time_point now, overdue* out, std::size_t room) noexcept {
+        const auto threshold = observer_.leak_threshold();
+        std::size_t n = 0;
+        std::lock_guard lock(leaks_.mutex);
+        for (info* r = leaks_.head; r; r = r->out_next) {
+            if (r->reported || shorter_than(now - r->out_since, threshold)) continue;
+            if (out && n < room) {
+                r->reported = true;
+                out[n] = {r->id, r->uses, r->where, now - r->out_since};
             }
-            if (more) leaks_.next_look.store(0, std::memory_order_relaxed); // the next call looks again
-            for (std::size_t i = 0; i < n; ++i) {
-                notify(event::leak_suspected, [&](event_type& e) {
-                    e.connection = batch[i].id;
-                    e.uses = batch[i].uses;
-                    e.hold = batch[i].out;
-                    e.where = &batch[i].where;
-                });
-            }
-        } else {
-            (void)now;
+            ++n;
+        }
+        return n;
+    }
+
+    template <class = void>
+    void notify_overdue(const overdue* batch, std::size_t n) noexcept {
+        for (std::size_t i = 0; i < n; ++i) {
+            notify(event::leak_suspected, [&](event_type& e) {
+                e.connection = batch[i].id;
+                e.uses = batch[i].uses;
+                e.hold = batch[i].out;
+                e.where = &batch[i].where;
+            });
+        }
+    }
+
+    // A look on the pool's own calls (an acquire, a return) reports at most
+    // 16 leases, so that the call's extra work stays bounded; when more are
+    // overdue, the next call looks again at once.
+    static constexpr std::size_t leak_batch = 16;
+    template <class = void>
+    void report_some_leaks(time_point now) noexcept {
+        std::array<overdue, leak_batch> batch;
+        const std::size_t found = collect_overdue(now, batch.data(), batch.size());
+        if (found > batch.size()) leaks_.next_look.store(0, std::memory_order_relaxed);
+        notify_overdue(batch.data(), std::min(found, batch.size()));
+    }
+
+    // maintain(): every lease overdue at `now`. Throws std::bad_alloc (before
+    // any of them is marked reported).
+    template <class = void>
+    void report_all_leaks(time_point now) {
+        std::vector<overdue> batch;
+        for (;;) {
+            const std::size_t due = collect_overdue(now, nullptr, 0);
+            if (due == 0) return;
+            batch.resize(due);
+            const std::size_t found = collect_overdue(now, batch.data(), batch.size());
+            notify_overdue(batch.data(), std::min(found, batch.size()));
+            if (found <= batch.size()) return; // more went overdue meanwhile: another round
         }
     }
 

@@ -42,7 +42,12 @@ namespace pqpool::observability {
 ///
 /// Each line is written with one `write` under a lock shared by the copies
 /// of one writer, so lines from several threads never interleave (the lock
-/// survives `fork()`; see `detail/fork_aware_lock.hpp`). The stream must
+/// survives `fork()`; see `detail/fork_aware_lock.hpp`). A write blocks as
+/// long as the stream does (stderr piped to a log collector that stalls):
+/// the call that has an event to log (e.g. an `acquire_for` that timed out)
+/// returns once its line is written, and other callers with a line to write
+/// sleep on the lock meanwhile (they do not spin); callers with nothing to
+/// log are not held up. The stream must
 /// outlive the pool, and leases still out after the pool is gone (their
 /// return may be logged). Writing does not flush (`std::clog`, the default,
 /// is unbuffered).

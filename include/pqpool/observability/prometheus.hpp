@@ -22,7 +22,8 @@
 ///
 /// Every series carries the label `db_client_connection_pool_name` (the
 /// attribute `db.client.connection.pool.name`) with the name the caller
-/// gives. pqpool's own metrics beside them: `pqpool_connection_opening`
+/// gives (escaped; a byte that is not part of well-formed UTF-8 becomes
+/// U+FFFD, since the format is UTF-8). pqpool's own metrics beside them: `pqpool_connection_opening`
 /// (connects in progress), `pqpool_invalidations_total` (`stats().epoch`),
 /// and with `counters`, `pqpool_events_total{event=…}` and
 /// `pqpool_connections_closed_total{reason=…}`; with `observability::tls`,
@@ -179,22 +180,59 @@ private:
         return families_.back();
     }
 
-    // `name="value"`, escaped as the text format wants.
+    // `name="value"`, escaped as the text format wants. The format is UTF-8:
+    // a byte that does not belong to a well-formed UTF-8 sequence (a name in
+    // Latin-1) becomes U+FFFD, or Prometheus would reject the whole scrape.
     static std::string label(std::string_view name, std::string_view value) {
         std::string out(name);
         out += "=\"";
-        for (char c : value) {
-            if (c == '\\')
+        for (std::size_t i = 0; i < value.size();) {
+            const char c = value[i];
+            if (const std::size_t n = utf8_length(value.substr(i)); n > 1) {
+                out += value.substr(i, n);
+                i += n;
+                continue;
+            } else if (n == 0) {
+                out += "\xEF\xBF\xBD"; // U+FFFD REPLACEMENT CHARACTER
+            } else if (c == '\\') {
                 out += "\\\\";
-            else if (c == '"')
+            } else if (c == '"') {
                 out += "\\\"";
-            else if (c == '\n')
+            } else if (c == '\n') {
                 out += "\\n";
-            else
+            } else {
                 out += c;
+            }
+            ++i;
         }
         out += '"';
         return out;
+    }
+
+    // The length of the well-formed UTF-8 sequence `s` starts with (RFC 3629:
+    // no overlong form, no surrogate, nothing above U+10FFFF); 0 when it
+    // starts with none.
+    static std::size_t utf8_length(std::string_view s) noexcept {
+        const auto byte = [&](std::size_t i) { return static_cast<unsigned char>(s[i]); };
+        const unsigned char b = byte(0);
+        if (b < 0x80) return 1;
+        std::size_t n;
+        unsigned char lo = 0x80, hi = 0xBF; // the range of the second byte
+        if (b >= 0xC2 && b <= 0xDF) n = 2;
+        else if (b >= 0xE0 && b <= 0xEF) {
+            n = 3;
+            if (b == 0xE0) lo = 0xA0;
+            if (b == 0xED) hi = 0x9F;
+        } else if (b >= 0xF0 && b <= 0xF4) {
+            n = 4;
+            if (b == 0xF0) lo = 0x90;
+            if (b == 0xF4) hi = 0x8F;
+        } else
+            return 0;
+        if (s.size() < n || byte(1) < lo || byte(1) > hi) return 0;
+        for (std::size_t i = 2; i < n; ++i)
+            if (byte(i) < 0x80 || byte(i) > 0xBF) return 0;
+        return n;
     }
 
     static std::string number(std::uint64_t v) { return std::to_string(v); }

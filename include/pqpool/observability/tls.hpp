@@ -37,8 +37,11 @@ struct tls_facts {
     std::string cipher;         ///< e.g. "TLS_AES_256_GCM_SHA384".
     std::string library;        ///< e.g. "OpenSSL".
     int key_bits = 0;           ///< The cipher's key length.
-    /// The server certificate's notAfter; empty when the server sent none.
-    std::optional<std::chrono::system_clock::time_point> certificate_not_after;
+    /// The server certificate's notAfter, to the second (as certificates
+    /// hold it); empty when the server sent none. In seconds, not in
+    /// `system_clock`'s nanoseconds, which end in 2262: a certificate "with no
+    /// well-defined expiration date" says 9999-12-31 (RFC 5280, 4.1.2.5).
+    std::optional<std::chrono::sys_seconds> certificate_not_after;
     std::string certificate_subject; ///< The certificate's subject, one line (e.g. "CN=db.example.com").
     std::chrono::system_clock::time_point seen{}; ///< When these were read (the connection's handshake).
 
@@ -47,7 +50,7 @@ struct tls_facts {
     std::optional<std::chrono::seconds> certificate_expires_in(
         std::chrono::system_clock::time_point now = std::chrono::system_clock::now()) const {
         if (!certificate_not_after) return std::nullopt;
-        return std::chrono::duration_cast<std::chrono::seconds>(*certificate_not_after - now);
+        return *certificate_not_after - std::chrono::floor<std::chrono::seconds>(now);
     }
 };
 
@@ -58,12 +61,15 @@ inline std::string ssl_attribute(PGconn* conn, const char* name) {
     return v ? std::string(v) : std::string();
 }
 
-// ASN1_TIME (UTCTime or GeneralizedTime, UTC) to a time point.
-inline std::optional<std::chrono::system_clock::time_point> asn1_time_point(const ASN1_TIME* t) {
+// ASN1_TIME (UTCTime or GeneralizedTime, UTC: years 0 to 9999) to a time
+// point in seconds, which holds them all.
+inline std::optional<std::chrono::sys_seconds> asn1_time_point(const ASN1_TIME* t) {
     std::tm tm{};
     if (!t || ASN1_TIME_to_tm(t, &tm) != 1) return std::nullopt;
-    const std::time_t secs = ::timegm(&tm);
-    return std::chrono::system_clock::from_time_t(secs);
+    const auto day = std::chrono::year{tm.tm_year + 1900} / (tm.tm_mon + 1) / tm.tm_mday;
+    if (!day.ok()) return std::nullopt;
+    return std::chrono::sys_days{day} + std::chrono::hours{tm.tm_hour} + std::chrono::minutes{tm.tm_min} +
+           std::chrono::seconds{tm.tm_sec};
 }
 
 } // namespace detail

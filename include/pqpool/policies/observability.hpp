@@ -66,7 +66,10 @@ struct observability_tag {};
 /// Laws: `on_event` does not throw; it may be called from several threads at
 /// once; it must not call the pool (`fork_detected` and the `retired` events
 /// of connections abandoned after a fork are delivered with the pool's lock
-/// held; the other events outside it). Optionally `void check() const`
+/// held; the other events outside it). It runs on the thread whose call
+/// caused the event, and what it takes adds to that call's time: the bounds
+/// of `acquire()` and `acquire_for()` cover the pool's work, not the
+/// observer's (one that blocks holds up that call, and no other). Optionally `void check() const`
 /// throws `config_error` for numbers out of range (called by the pool's
 /// constructor). A policy without a default constructor (a sink of a lambda
 /// that captures) must be passed to the pool's constructor.
@@ -264,7 +267,10 @@ private:
 /// first of those calls made at least `threshold` after it was acquired, and
 /// no later than `threshold / 8` after that while the pool is busy; a pool
 /// nobody calls reports at its next call, or at the next `maintain()` from
-/// the program's timer. Cost: a coarse clock read and a lock and unlock of a
+/// the program's timer. A look on an acquire or a return reports at most 16
+/// leases (the next call looks again at once for the rest), so that the
+/// events it delivers stay bounded; `maintain()` reports every one.
+/// `milliseconds::max()` means no limit: nothing is ever reported. Cost: a coarse clock read and a lock and unlock of a
 /// lock of its own at acquire and at release (when no other policy reads the
 /// precise clock).
 struct leak_detection {
