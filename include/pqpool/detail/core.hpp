@@ -584,8 +584,9 @@ private:
     }
 
     static constexpr bool timed = Validation::uses_clock || Recycling::uses_clock;
-    // A connector that watches its connections (a FATAL 57P01, a 25006 on a
-    // read-write pool) moves the epoch itself, from any thread.
+    // A connector that watches its connections (a FATAL 57P01, a lost
+    // connection; on a read-write pool, a server that confirms it turned
+    // read-only) moves the epoch itself, from any thread.
     static constexpr bool binds_epoch = requires(Connector& c, std::atomic<std::uint64_t>* e) { c.bind_epoch(e); };
 
     // --- Observability. Every helper is empty for a silent policy (none):
