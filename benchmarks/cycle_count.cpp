@@ -32,12 +32,11 @@ namespace {
 template <class... Options>
 using bench_pool = typename detail::select<bench::null_connector, Options...>::type;
 
-using null_mutex_pool =
-    bench_pool<validation::none, recycling::none, overflow::fixed, retry::none, fork_safety::none>;
-using null_single_pool = bench_pool<validation::none, recycling::none, overflow::fixed, retry::none,
-                                    fork_safety::none, concurrency::single_thread>;
-using null_barging_pool = bench_pool<validation::none, recycling::none, overflow::fixed, retry::none,
-                                     fork_safety::none, concurrency::barging>;
+using null_mutex_pool = bench_pool<validation::none, recycling::none, overflow::fixed, retry::none, fork_safety::none>;
+using null_single_pool = bench_pool<validation::none, recycling::none, overflow::fixed, retry::none, fork_safety::none,
+                                    concurrency::single_thread>;
+using null_barging_pool = bench_pool<validation::none, recycling::none, overflow::fixed, retry::none, fork_safety::none,
+                                     concurrency::barging>;
 using production_pool = bench_pool<overflow::fixed>; // pool<>'s defaults, fixed size 1
 using production_barging_pool = bench_pool<overflow::fixed, concurrency::barging>;
 

@@ -60,8 +60,8 @@ void timed_loop(benchmark::State& state, Op op) {
     for (auto _ : state) {
         const auto t0 = std::chrono::steady_clock::now();
         op();
-        mine.push_back(static_cast<std::uint32_t>(std::min<std::int64_t>(
-            (std::chrono::steady_clock::now() - t0) / 1ns, std::numeric_limits<std::uint32_t>::max())));
+        mine.push_back(static_cast<std::uint32_t>(std::min<std::int64_t>((std::chrono::steady_clock::now() - t0) / 1ns,
+                                                                         std::numeric_limits<std::uint32_t>::max())));
     }
     if (state.thread_index() == 0) {
         std::vector<std::uint32_t> all;
@@ -191,8 +191,7 @@ int main(int argc, char** argv) {
         add("e2e/pgbouncer/pqpool/pass_through", bind(pass_through, pgbouncer));
     }
     if (tls.empty() && tcp.empty() && unix_socket.empty() && pgbouncer.empty()) {
-        std::fprintf(stderr, "%s: set PQPOOL_BENCH_CONNINFO_{TLS,TCP,UNIX,PGBOUNCER} (scripts/bench does)\n",
-                     argv[0]);
+        std::fprintf(stderr, "%s: set PQPOOL_BENCH_CONNINFO_{TLS,TCP,UNIX,PGBOUNCER} (scripts/bench does)\n", argv[0]);
         return 2;
     }
 

@@ -47,12 +47,11 @@ namespace {
 template <class... Options>
 using bench_pool = typename detail::select<bench::null_connector, Options...>::type;
 
-using null_single_pool = bench_pool<validation::none, recycling::none, overflow::fixed, retry::none,
-                                    fork_safety::none, concurrency::single_thread>;
-using null_mutex_pool =
-    bench_pool<validation::none, recycling::none, overflow::fixed, retry::none, fork_safety::none>;
-using null_barging_pool = bench_pool<validation::none, recycling::none, overflow::fixed, retry::none,
-                                     fork_safety::none, concurrency::barging>;
+using null_single_pool = bench_pool<validation::none, recycling::none, overflow::fixed, retry::none, fork_safety::none,
+                                    concurrency::single_thread>;
+using null_mutex_pool = bench_pool<validation::none, recycling::none, overflow::fixed, retry::none, fork_safety::none>;
+using null_barging_pool = bench_pool<validation::none, recycling::none, overflow::fixed, retry::none, fork_safety::none,
+                                     concurrency::barging>;
 // The production combination (pool<>'s defaults) with a free connector: ping_if_idle's
 // probe and clock read, lifetime with jitter and reset on return, backoff, fork detection.
 using production_pool = bench_pool<overflow::fixed>;
@@ -75,16 +74,26 @@ using null_obs_pool =
 // named here even when not (yet) in the matrix.
 template <class P>
 constexpr std::string_view policy_name = "?";
-template <> [[maybe_unused]] constexpr std::string_view policy_name<validation::none> = "val=none";
-template <> [[maybe_unused]] constexpr std::string_view policy_name<validation::probe> = "val=probe";
-template <> [[maybe_unused]] constexpr std::string_view policy_name<validation::ping_if_idle> = "val=ping_if_idle";
-template <> [[maybe_unused]] constexpr std::string_view policy_name<fork_safety::none> = "fork=none";
-template <> [[maybe_unused]] constexpr std::string_view policy_name<fork_safety::detect> = "fork=detect";
-template <> [[maybe_unused]] constexpr std::string_view policy_name<concurrency::mutex> = "conc=mutex";
-template <> [[maybe_unused]] constexpr std::string_view policy_name<concurrency::barging> = "conc=barging";
-template <> [[maybe_unused]] constexpr std::string_view policy_name<concurrency::single_thread> = "conc=single_thread";
-template <> [[maybe_unused]] constexpr std::string_view policy_name<recycling::none> = "recyc=none";
-template <> [[maybe_unused]] constexpr std::string_view policy_name<recycling::limits> = "recyc=limits";
+template <>
+[[maybe_unused]] constexpr std::string_view policy_name<validation::none> = "val=none";
+template <>
+[[maybe_unused]] constexpr std::string_view policy_name<validation::probe> = "val=probe";
+template <>
+[[maybe_unused]] constexpr std::string_view policy_name<validation::ping_if_idle> = "val=ping_if_idle";
+template <>
+[[maybe_unused]] constexpr std::string_view policy_name<fork_safety::none> = "fork=none";
+template <>
+[[maybe_unused]] constexpr std::string_view policy_name<fork_safety::detect> = "fork=detect";
+template <>
+[[maybe_unused]] constexpr std::string_view policy_name<concurrency::mutex> = "conc=mutex";
+template <>
+[[maybe_unused]] constexpr std::string_view policy_name<concurrency::barging> = "conc=barging";
+template <>
+[[maybe_unused]] constexpr std::string_view policy_name<concurrency::single_thread> = "conc=single_thread";
+template <>
+[[maybe_unused]] constexpr std::string_view policy_name<recycling::none> = "recyc=none";
+template <>
+[[maybe_unused]] constexpr std::string_view policy_name<recycling::limits> = "recyc=limits";
 
 // The matrix: every combination of these, with overflow::fixed and retry::none.
 constexpr auto matrix = hana::cartesian_product(hana::make_tuple(
@@ -97,8 +106,7 @@ struct handwritten_tag {};
 inline void hold(std::chrono::nanoseconds ns) {
     if (ns.count() == 0) return;
     const auto until = std::chrono::steady_clock::now() + ns;
-    while (std::chrono::steady_clock::now() < until) {
-    }
+    while (std::chrono::steady_clock::now() < until) {}
 }
 
 constexpr int max_threads = 64;
@@ -215,9 +223,8 @@ void cycle(benchmark::State& state, bool contended, std::chrono::nanoseconds wor
 template <class Pool>
 void add(const std::string& arm_name, bool with_variants) {
     auto reg = [&](const std::string& name, bool contended, std::chrono::nanoseconds work) {
-        auto* b = benchmark::RegisterBenchmark(name.c_str(), [contended, work](benchmark::State& s) {
-            cycle<Pool>(s, contended, work);
-        });
+        auto* b = benchmark::RegisterBenchmark(
+            name.c_str(), [contended, work](benchmark::State& s) { cycle<Pool>(s, contended, work); });
         for (int t = contended ? 2 : 1; t <= 8; t *= 2) b->Threads(t);
         b->UseRealTime();
     };

@@ -45,14 +45,12 @@ int main(int argc, char** argv) {
     // A retry budget that outlasts a promotion (a few seconds); each host gets 2 s to connect.
     const pqpool::retry::exponential_backoff outlast_a_failover{.attempts = 20, .base = 50ms, .cap = 1s};
 
-    pqpool::pool<> writes{
-        pqpool::libpq_connector{servers + " target_session_attrs=read-write connect_timeout=2",
-                                {.credentials = current_password}},
-        outlast_a_failover};
-    pqpool::pool<> reads{
-        pqpool::libpq_connector{servers + " target_session_attrs=prefer-standby connect_timeout=2",
-                                {.credentials = current_password}},
-        outlast_a_failover};
+    pqpool::pool<> writes{pqpool::libpq_connector{servers + " target_session_attrs=read-write connect_timeout=2",
+                                                  {.credentials = current_password}},
+                          outlast_a_failover};
+    pqpool::pool<> reads{pqpool::libpq_connector{servers + " target_session_attrs=prefer-standby connect_timeout=2",
+                                                 {.credentials = current_password}},
+                         outlast_a_failover};
 
     // Idempotent work only: after a lost connection run() does it again.
     const std::string written_on = writes.run([](PGconn* c) {
@@ -65,8 +63,7 @@ int main(int argc, char** argv) {
     const auto [read_on, standby] = reads.run([](PGconn* c) {
         return std::pair{one_value(c, "SELECT inet_server_port()"), one_value(c, "SELECT pg_is_in_recovery()") == "t"};
     });
-    std::printf("reads: %s on port %s\n", standby ? "a standby" : "the primary (no standby answered)",
-                read_on.c_str());
+    std::printf("reads: %s on port %s\n", standby ? "a standby" : "the primary (no standby answered)", read_on.c_str());
     std::printf("failovers seen so far: writes %llu, reads %llu\n",
                 static_cast<unsigned long long>(writes.stats().epoch),
                 static_cast<unsigned long long>(reads.stats().epoch));

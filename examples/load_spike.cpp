@@ -66,8 +66,8 @@ int main(int argc, char** argv) {
     const pqpool::pool_stats after = pool.stats();
     const auto& seen = pool.observer();
     std::printf("%d of %d requests succeeded\n", succeeded.load(), requests);
-    std::printf("during the spike: at most %zu connections (%zu of them overflow), %zu callers waiting\n",
-                busiest.size, busiest.overflow, busiest.waiting);
+    std::printf("during the spike: at most %zu connections (%zu of them overflow), %zu callers waiting\n", busiest.size,
+                busiest.overflow, busiest.waiting);
     std::printf("a caller that would wait only 10 ms: %s\n", short_wait.c_str());
     std::printf("after it: %zu connections, %zu idle; %llu opened, %llu overflow connections closed on return\n",
                 after.size, after.idle, static_cast<unsigned long long>(seen.count(pqpool::event::connected)),

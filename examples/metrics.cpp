@@ -24,8 +24,8 @@ namespace obs = pqpool::observability;
 
 // Everything at once: counts, latency histograms, leak detection, TLS facts and
 // a log line per rare event (connects, failures, closes, timeouts, leaks).
-using metrics = obs::combine<obs::counters, obs::histograms, obs::leak_detection, obs::tls,
-                             obs::sink<obs::logfmt_writer>>;
+using metrics =
+    obs::combine<obs::counters, obs::histograms, obs::leak_detection, obs::tls, obs::sink<obs::logfmt_writer>>;
 using app_pool = pqpool::pool<pqpool::overflow::bounded, metrics>;
 
 int main(int argc, char** argv) {

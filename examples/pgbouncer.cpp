@@ -32,8 +32,8 @@ std::string transaction(PGconn* c, int worker) {
     exec(c, "SET LOCAL application_name = 'pqpool-example'");
     const std::string param = std::to_string(worker);
     const char* values[] = {param.c_str()};
-    PGresult* r = PQexecParams(c, "SELECT current_setting('application_name') || ' worker ' || $1::text", 1,
-                               nullptr, values, nullptr, nullptr, 0);
+    PGresult* r = PQexecParams(c, "SELECT current_setting('application_name') || ' worker ' || $1::text", 1, nullptr,
+                               values, nullptr, nullptr, 0);
     const bool ok = PQresultStatus(r) == PGRES_TUPLES_OK;
     const std::string value = ok ? PQgetvalue(r, 0, 0) : PQerrorMessage(c);
     PQclear(r);
@@ -55,8 +55,10 @@ int main(int argc, char** argv) {
             for (int i = 0; i < per_worker; ++i) {
                 try {
                     const std::string v = pool.run([w](PGconn* c) { return transaction(c, w); });
-                    if (v == "pqpool-example worker " + std::to_string(w)) ++done;
-                    else std::printf("unexpected answer: %s\n", v.c_str());
+                    if (v == "pqpool-example worker " + std::to_string(w))
+                        ++done;
+                    else
+                        std::printf("unexpected answer: %s\n", v.c_str());
                 } catch (const std::exception& e) {
                     std::printf("a transaction failed: %s\n", e.what());
                 }

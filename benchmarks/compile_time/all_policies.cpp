@@ -7,9 +7,8 @@
 
 using namespace std::chrono_literals;
 
-using all_pool = pqpool::pool<pqpool::observability::counters, pqpool::concurrency::mutex,
-                              pqpool::fork_safety::detect, pqpool::retry::exponential_backoff,
-                              pqpool::overflow::bounded, pqpool::recycling::limits,
+using all_pool = pqpool::pool<pqpool::observability::counters, pqpool::concurrency::mutex, pqpool::fork_safety::detect,
+                              pqpool::retry::exponential_backoff, pqpool::overflow::bounded, pqpool::recycling::limits,
                               pqpool::validation::ping_if_idle>;
 
 int main(int argc, char** argv) {

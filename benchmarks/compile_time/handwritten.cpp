@@ -32,7 +32,9 @@ public:
     using lease = std::unique_ptr<PGconn, give_back>;
 
     handwritten_pool(std::string conninfo, std::size_t size, std::chrono::milliseconds wait)
-        : conninfo_(std::move(conninfo)), size_(size), wait_(wait) {}
+        : conninfo_(std::move(conninfo)),
+          size_(size),
+          wait_(wait) {}
     handwritten_pool(const handwritten_pool&) = delete;
     handwritten_pool& operator=(const handwritten_pool&) = delete;
     ~handwritten_pool() {

@@ -87,8 +87,8 @@ void check_policy(const P& p) {
 template <class Connector, class Validation, class Recycling, class Overflow, class Retry, class ForkSafety,
           class Concurrency, class Observability>
 class basic_pool {
-    using core_type = detail::pool_core<Connector, Validation, Recycling, Overflow, Retry, ForkSafety, Concurrency,
-                                        Observability>;
+    using core_type =
+        detail::pool_core<Connector, Validation, Recycling, Overflow, Retry, ForkSafety, Concurrency, Observability>;
 
 public:
     using connector_type = Connector;
@@ -116,7 +116,7 @@ public:
     /// Throws `config_error` when a policy's numbers are out of range, or
     /// whatever the connector's constructor throws for bad input.
     template <class ConnectorArg, class... Policies>
-        requires std::constructible_from<Connector, ConnectorArg&&>
+    requires std::constructible_from<Connector, ConnectorArg&&>
     explicit basic_pool(ConnectorArg&& connector, const Policies&... policies)
         : core_(make_core(Connector(std::forward<ConnectorArg>(connector)), policies...)) {}
 
@@ -203,8 +203,8 @@ public:
     /// but before the client heard of it runs the work twice. Throws what
     /// `acquire()` throws, and what `work` throws.
     template <class F>
-        requires std::invocable<F&, handle>
-    std::invoke_result_t<F&, handle> run(F&& work, source_location_type where = source_location_type::current()) {
+    requires std::invocable<F&, handle> std::invoke_result_t<F&, handle>
+    run(F&& work, source_location_type where = source_location_type::current()) {
         if (!core_) throw_moved_from();
         return core_->run(work, where);
     }
@@ -290,8 +290,7 @@ private:
         static_assert(((std::is_same_v<Policies, Validation> || std::is_same_v<Policies, Recycling> ||
                         std::is_same_v<Policies, Overflow> || std::is_same_v<Policies, Retry> ||
                         std::is_same_v<Policies, ForkSafety> || std::is_same_v<Policies, Concurrency> ||
-                        std::is_same_v<Policies, Observability>) &&
-                       ...),
+                        std::is_same_v<Policies, Observability>)&&...),
                       "pqpool::pool: a constructor argument is not one of this pool's policies (pass objects of "
                       "the policy types named in pool<...>, or of the defaults of the categories not named)");
         auto v = detail::policy_argument<Validation>(policies...);
@@ -311,12 +310,11 @@ private:
         // Connections that maintain() opens up to the floor must be allowed
         // to stay idle, or each would be closed as soon as it came back.
         if (r.idle_floor() > o.keep_idle())
-            throw config_error("pqpool: the recycling policy's idle floor (min_idle = " +
-                               std::to_string(r.idle_floor()) + ") is more than the overflow policy keeps idle (" +
-                               std::to_string(o.keep_idle()) +
-                               (o.keep_idle() == 0 ? ", none: it closes every connection on release"
-                                                   : ": its size") +
-                               "); lower min_idle to at most " + std::to_string(o.keep_idle()));
+            throw config_error(
+                "pqpool: the recycling policy's idle floor (min_idle = " + std::to_string(r.idle_floor()) +
+                ") is more than the overflow policy keeps idle (" + std::to_string(o.keep_idle()) +
+                (o.keep_idle() == 0 ? ", none: it closes every connection on release" : ": its size") +
+                "); lower min_idle to at most " + std::to_string(o.keep_idle()));
         return new core_type(std::move(c), std::move(v), std::move(r), std::move(o), std::move(rt), std::move(f),
                              std::move(cc), std::move(ob));
     }

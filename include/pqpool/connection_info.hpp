@@ -15,10 +15,10 @@ namespace pqpool {
 template <class Handle, class TimePoint>
 struct connection_info {
     Handle handle{};
-    TimePoint born{};         ///< When the connection was opened.
-    TimePoint expires{};      ///< When recycling retires it (drawn once, at birth).
-    TimePoint last_used{};    ///< When it was last returned to the pool.
-    std::uint64_t uses = 0;   ///< How many leases have held it, this one included.
+    TimePoint born{};             ///< When the connection was opened.
+    TimePoint expires{};          ///< When recycling retires it (drawn once, at birth).
+    TimePoint last_used{};        ///< When it was last returned to the pool.
+    std::uint64_t uses = 0;       ///< How many leases have held it, this one included.
     std::uint64_t generation = 0; ///< The fork generation it was opened in.
     std::uint64_t epoch = 0;      ///< The pool's invalidation epoch when it was opened.
     std::uint64_t id = 0;         ///< The pool's number for it: 1, 2, … in the order opened (as in events).

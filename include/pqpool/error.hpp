@@ -38,7 +38,9 @@ class connect_error;
 class timeout_error : public error {
 public:
     timeout_error(std::string what, pool_stats at_timeout, std::shared_ptr<const connect_error> cause = nullptr)
-        : error(std::move(what)), stats_(at_timeout), cause_(std::move(cause)) {}
+        : error(std::move(what)),
+          stats_(at_timeout),
+          cause_(std::move(cause)) {}
     /// The pool's counts at the moment the wait gave up.
     const pool_stats& stats() const noexcept { return stats_; }
     /// The last connect failure, when connects were failing; else null.
@@ -53,8 +55,7 @@ private:
 /// (`overflow::fail_fast`, a full waiter queue, or a `single_thread` pool).
 class exhausted_error : public error {
 public:
-    exhausted_error(std::string what, pool_stats at_failure)
-        : error(std::move(what)), stats_(at_failure) {}
+    exhausted_error(std::string what, pool_stats at_failure) : error(std::move(what)), stats_(at_failure) {}
     const pool_stats& stats() const noexcept { return stats_; }
 
 private:
@@ -74,7 +75,9 @@ public:
 class connect_error : public error {
 public:
     connect_error(std::string what, std::string sqlstate, bool transient)
-        : error(std::move(what)), sqlstate_(std::move(sqlstate)), transient_(transient) {}
+        : error(std::move(what)),
+          sqlstate_(std::move(sqlstate)),
+          transient_(transient) {}
     /// Five characters, or empty when the server sent no SQLSTATE.
     const std::string& sqlstate() const noexcept { return sqlstate_; }
     /// True when a later attempt may succeed.

@@ -102,9 +102,9 @@ constexpr std::string_view to_string(event e) noexcept {
 
 /// The reason's name as it appears in logs and metrics labels (`"reset_failed"`).
 constexpr std::string_view to_string(close_reason r) noexcept {
-    constexpr std::string_view names[close_reason_count] = {
-        "none",   "lifetime", "idle",    "uses",    "validation",  "broken",
-        "reset_failed", "epoch", "fork", "surplus", "pool_closed", "recycled"};
+    constexpr std::string_view names[close_reason_count] = {"none",       "lifetime", "idle",         "uses",
+                                                            "validation", "broken",   "reset_failed", "epoch",
+                                                            "fork",       "surplus",  "pool_closed",  "recycled"};
     const auto i = static_cast<std::size_t>(r);
     return i < close_reason_count ? names[i] : std::string_view("unknown");
 }
@@ -149,9 +149,9 @@ struct event_info {
     std::optional<std::chrono::nanoseconds> hold;         ///< How long the lease was (or has been) out.
     std::optional<std::chrono::nanoseconds> connect_time; ///< How long the connect attempt took, parked time included.
     std::optional<std::chrono::nanoseconds> backoff;      ///< The delay before the next attempt.
-    std::string_view error;    ///< The failure's message (password scrubbed).
-    std::string_view sqlstate; ///< Five characters, or empty when the server sent none.
-    bool transient = false;    ///< `connect_failed`: a retry may succeed.
+    std::string_view error;                               ///< The failure's message (password scrubbed).
+    std::string_view sqlstate;                            ///< Five characters, or empty when the server sent none.
+    bool transient = false;                               ///< `connect_failed`: a retry may succeed.
     /// Where the lease was acquired (`acquire()`'s caller), when the pool tracks leaks.
     const source_location* where = nullptr;
 };

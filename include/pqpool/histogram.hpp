@@ -25,7 +25,7 @@ namespace pqpool {
 /// view to compute several figures from.
 class log_histogram {
 public:
-    static constexpr unsigned sub_bits = 3; ///< 2^3 = 8 buckets per power of two.
+    static constexpr unsigned sub_bits = 3;      ///< 2^3 = 8 buckets per power of two.
     static constexpr unsigned min_exponent = 7;  ///< The first bucket holds everything below 2^7 ns.
     static constexpr unsigned max_exponent = 43; ///< The last bucket holds everything from 2^43 ns.
     /// The number of buckets.
@@ -70,7 +70,8 @@ public:
                     const double lo = static_cast<double>(lower_edge(i).count());
                     const double hi = static_cast<double>(upper_edge(i).count());
                     const double within = (rank - static_cast<double>(below)) / static_cast<double>(buckets[i]);
-                    return std::chrono::nanoseconds{static_cast<std::chrono::nanoseconds::rep>(lo + (hi - lo) * within)};
+                    return std::chrono::nanoseconds{
+                        static_cast<std::chrono::nanoseconds::rep>(lo + (hi - lo) * within)};
                 }
                 below += buckets[i];
             }

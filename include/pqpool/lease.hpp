@@ -26,7 +26,8 @@ public:
     lease(const lease&) = delete;
     lease& operator=(const lease&) = delete;
     lease(lease&& other) noexcept
-        : core_(std::exchange(other.core_, nullptr)), info_(std::exchange(other.info_, nullptr)),
+        : core_(std::exchange(other.core_, nullptr)),
+          info_(std::exchange(other.info_, nullptr)),
           broken_(other.broken_) {}
     lease& operator=(lease&& other) noexcept {
         if (this != &other) {

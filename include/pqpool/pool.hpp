@@ -44,7 +44,7 @@ struct deduced_pool {
     using type = pool<Policies...>;
 };
 template <class ConnectorArg, class... Policies>
-    requires std::is_same_v<typename category_of<ConnectorArg>::type, connector_tag>
+requires std::is_same_v<typename category_of<ConnectorArg>::type, connector_tag>
 struct deduced_pool<ConnectorArg, Policies...> {
     using type = pool<ConnectorArg, Policies...>;
 };
@@ -62,8 +62,8 @@ template <class P, class... Ps>
 inline constexpr std::size_t occurrences = (std::size_t{std::is_same_v<P, Ps>} + ... + 0);
 
 template <class Pool, class... Policies>
-inline constexpr bool takes_each_once =
-    ((takes_policy<Policies, Pool> && occurrences<Policies, Policies...> == 1) && ...);
+inline constexpr bool takes_each_once = ((takes_policy<Policies, Pool> && occurrences<Policies, Policies...> == 1) &&
+                                         ...);
 
 } // namespace detail
 
@@ -99,9 +99,9 @@ make_pool(ConnectorArg&& connector, const Policies&... policies) {
 
 // pool<>'s parameters, in basic_pool's order: the one list that the explicit
 // instantiations below and in src.hpp name (an alias cannot be named there).
-#define PQPOOL_DEFAULT_POOL_PARAMETERS                                                                          \
-    ::pqpool::libpq_connector, ::pqpool::validation::default_policy, ::pqpool::recycling::default_policy,        \
-        ::pqpool::overflow::default_policy, ::pqpool::retry::default_policy, ::pqpool::fork_safety::default_policy, \
+#define PQPOOL_DEFAULT_POOL_PARAMETERS                                                                                 \
+    ::pqpool::libpq_connector, ::pqpool::validation::default_policy, ::pqpool::recycling::default_policy,              \
+        ::pqpool::overflow::default_policy, ::pqpool::retry::default_policy, ::pqpool::fork_safety::default_policy,    \
         ::pqpool::concurrency::default_policy, ::pqpool::observability::default_policy
 
 #if defined(PQPOOL_SEPARATE_COMPILATION) && !defined(PQPOOL_SOURCE)

@@ -19,7 +19,8 @@
 /// not needed.
 
 #if !defined(PQPOOL_SEPARATE_COMPILATION)
-#error "pqpool/src.hpp is for separate compilation: define PQPOOL_SEPARATE_COMPILATION for every translation unit of the program (without it pqpool is header-only and needs no src.hpp)"
+#error                                                                                                                 \
+    "pqpool/src.hpp is for separate compilation: define PQPOOL_SEPARATE_COMPILATION for every translation unit of the program (without it pqpool is header-only and needs no src.hpp)"
 #endif
 #if defined(PQPOOL_DECL)
 #error "pqpool/src.hpp must come before any other pqpool header in its translation unit"

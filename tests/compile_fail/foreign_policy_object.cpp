@@ -2,6 +2,4 @@
 // expect: pqpool::pool: a constructor argument is not one of this pool's policies
 #include <pqpool/pool.hpp>
 
-void f() {
-    pqpool::pool<pqpool::validation::probe> p{"host=db", pqpool::validation::ping{}};
-}
+void f() { pqpool::pool<pqpool::validation::probe> p{"host=db", pqpool::validation::ping{}}; }

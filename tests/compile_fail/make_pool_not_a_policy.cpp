@@ -4,6 +4,4 @@
 #include <chrono>
 #include <pqpool/pool.hpp>
 
-void f() {
-    auto p = pqpool::make_pool("host=db", std::chrono::seconds{30});
-}
+void f() { auto p = pqpool::make_pool("host=db", std::chrono::seconds{30}); }

@@ -3,6 +3,4 @@
 // expect: pqpool::pool: more than one overflow policy named
 #include <pqpool/pool.hpp>
 
-void f() {
-    auto p = pqpool::make_pool("host=db", pqpool::overflow::fixed{}, pqpool::overflow::bounded{});
-}
+void f() { auto p = pqpool::make_pool("host=db", pqpool::overflow::fixed{}, pqpool::overflow::bounded{}); }

@@ -139,9 +139,7 @@ std::string unescape_raw(std::string_view v) {
 
 // %XX escapes decoded where they are well-formed, the rest kept.
 std::string lenient_percent_decode(std::string_view v) {
-    auto hex = [](char c) {
-        return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-    };
+    auto hex = [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); };
     std::string out;
     for (std::size_t i = 0; i < v.size(); ++i) {
         if (v[i] == '%' && i + 2 < v.size() && hex(v[i + 1]) && hex(v[i + 2])) {
@@ -183,11 +181,9 @@ bool after_kv_secret_keyword(std::string_view prefix) {
 enum class place { none, keyword_value, uri_userinfo, uri_query };
 
 place where(std::string_view prefix, std::string_view suffix) {
-    if (!pqpool::detail::is_uri(prefix))
-        return after_kv_secret_keyword(prefix) ? place::keyword_value : place::none;
+    if (!pqpool::detail::is_uri(prefix)) return after_kv_secret_keyword(prefix) ? place::keyword_value : place::none;
     const std::string_view rest = prefix.substr(prefix.find("://") + 3);
-    if (!rest.empty() && rest.back() == ':' && rest.find_first_of(":/") == rest.size() - 1 &&
-        starts_with(suffix, "@"))
+    if (!rest.empty() && rest.back() == ':' && rest.find_first_of(":/") == rest.size() - 1 && starts_with(suffix, "@"))
         return place::uri_userinfo;
     // A '&' where the '?' should be (the query's first parameter) still
     // means a password.
@@ -344,8 +340,7 @@ std::string libpq_text(const connect_target& t, unsigned kind) {
                "\", database \"" + db + "\", no encryption\n";
     case 5: return "invalid port number: \"" + port + "\"\n";
     case 6:
-        return server + " failed: server certificate for \"" + host + "\" does not match host name \"" + host +
-               "\"\n";
+        return server + " failed: server certificate for \"" + host + "\" does not match host name \"" + host + "\"\n";
     case 7: return "could not parse network address \"" + addr + "\": Name or service not known\n";
     default:
         return server + " failed: FATAL:  28P01: password authentication failed for user \"" + user +

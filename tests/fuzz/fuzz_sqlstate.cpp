@@ -72,8 +72,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (code != expected) violation("last_sqlstate_in is not the last `:  CODE: ` in the text", raw, code);
 
     const d::libpq_failure f = d::parse_connect_failure(raw, needs_password);
-    if (!f.sqlstate.empty() && (f.sqlstate.size() != 5 || !std::all_of(f.sqlstate.begin(), f.sqlstate.end(),
-                                                                        is_code_char)))
+    if (!f.sqlstate.empty() &&
+        (f.sqlstate.size() != 5 || !std::all_of(f.sqlstate.begin(), f.sqlstate.end(), is_code_char)))
         violation("a SQLSTATE that is not five of [0-9A-Z]", raw, f.sqlstate);
     if (f.sqlstate != d::last_sqlstate_in(f.text))
         violation("the SQLSTATE is not the message's last code", raw, f.sqlstate + " / " + f.text);
@@ -86,7 +86,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (kept.empty()) kept = "unknown error (libpq gave no message)";
     if (f.text != kept) violation("the message is not the text without its LOCATION lines", raw, f.text);
 
-    const bool transient = needs_password ? false
+    const bool transient = needs_password       ? false
                            : f.sqlstate.empty() ? !d::looks_like_configuration_mistake(f.text)
                                                 : pqpool::is_transient_sqlstate(f.sqlstate);
     if (f.transient != transient) violation("transience disagrees with the SQLSTATE", raw, f.sqlstate);

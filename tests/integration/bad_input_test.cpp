@@ -39,11 +39,11 @@
 
 using namespace std::chrono_literals;
 using namespace pqpool;
+using test::check_no_password;
 using test::connector::exec_ok;
 using test::connector::local_socket;
 using test::connector::percent_encode;
 using test::connector::sbx;
-using test::check_no_password;
 
 namespace {
 

@@ -134,8 +134,8 @@ TEST_CASE("libpq_connector: a silent server times out at the per-host timeout, w
 }
 
 TEST_CASE("libpq_connector: setup statements resume across calls", "[integration][libpq]") {
-    const libpq_connector c{sbx().tls(), libpq_options{.setup = {"SELECT pg_sleep(0.3)",
-                                                                   "SET application_name = 'pqpool_resumed'"}}};
+    const libpq_connector c{
+        sbx().tls(), libpq_options{.setup = {"SELECT pg_sleep(0.3)", "SET application_name = 'pqpool_resumed'"}}};
     libpq_connector::attempt a;
     int calls = 0;
     scoped h{c, drive(c, a, 1ms, calls)};

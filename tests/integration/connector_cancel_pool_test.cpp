@@ -24,10 +24,10 @@ TEST_CASE("a lease returned with a query running leaves no backend running in th
         // A generous cancel_timeout: on a loaded machine the cancel's own connect can take more
         // than the default second, and the connection is then closed with its query running on
         // (the bound itself is tested in connector_cancel_test.cpp).
-        pool<overflow::fixed> p{libpq_connector{sandbox::get().tls(),
-                                                {.cancel_timeout = 10s,
-                                                 .setup = {"SET application_name = '" + app + "'"}}},
-                                overflow::fixed{.size = 2, .wait = 10s}};
+        pool<overflow::fixed> p{
+            libpq_connector{sandbox::get().tls(),
+                            {.cancel_timeout = 10s, .setup = {"SET application_name = '" + app + "'"}}},
+            overflow::fixed{.size = 2, .wait = 10s}};
         for (int i = 0; i < 6; ++i) {
             auto lease = p.acquire();
             REQUIRE(PQsendQuery(lease.get(), "SELECT pg_sleep(60)") == 1);

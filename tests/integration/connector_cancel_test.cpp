@@ -18,8 +18,7 @@ using pqpool::test::admin;
 using pqpool::test::named;
 using pqpool::test::unique_name;
 
-TEST_CASE("libpq_connector: close() cancels a running command, so its backend goes away",
-          "[integration][libpq]") {
+TEST_CASE("libpq_connector: close() cancels a running command, so its backend goes away", "[integration][libpq]") {
     const std::string app = unique_name("pqpool_cancel");
     const libpq_connector c = named(sbx().tls(), app);
     admin server;

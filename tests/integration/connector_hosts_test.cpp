@@ -150,9 +150,8 @@ TEST_CASE("libpq_connector: a name that does not resolve or a TLS failure moves 
     }
     SECTION("a certificate for another name") {
         // The sandbox's certificate names localhost and 127.0.0.1, not the first name.
-        const libpq_connector c{"host=pqpool-wrong-name,localhost hostaddr=127.0.0.1,127.0.0.1 port=" +
-                                sandbox_port() + db_user +
-                                " sslmode=verify-full sslrootcert=" + sbx().var("PQPOOL_TEST_SSLROOTCERT")};
+        const libpq_connector c{"host=pqpool-wrong-name,localhost hostaddr=127.0.0.1,127.0.0.1 port=" + sandbox_port() +
+                                db_user + " sslmode=verify-full sslrootcert=" + sbx().var("PQPOOL_TEST_SSLROOTCERT")};
         scoped h{c, c.connect(in(30s))};
         CHECK(PQsslInUse(h.h) == 1);
         CHECK(std::string(PQhost(h.h)) == "localhost");
@@ -210,7 +209,8 @@ TEST_CASE("libpq_connector: huge timeouts mean no limit of our own and never wra
         CHECK(since(start) >= 300ms);
     }
     SECTION("io_timeout = milliseconds::max(): setup and reset still work") {
-        const libpq_connector c{sbx().tls(), libpq_options{.io_timeout = forever, .setup = {"SET search_path TO public"}}};
+        const libpq_connector c{sbx().tls(),
+                                libpq_options{.io_timeout = forever, .setup = {"SET search_path TO public"}}};
         scoped h{c, c.connect(in(30s))};
         REQUIRE(exec_ok(h.h, "BEGIN"));
         CHECK(c.reset(h.h, true));

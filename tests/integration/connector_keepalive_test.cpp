@@ -38,8 +38,7 @@ tcp_settings settings_of(PGconn* h) {
 
 } // namespace
 
-TEST_CASE("libpq_connector: connections get TCP keepalives and a TCP user timeout by default",
-          "[integration][libpq]") {
+TEST_CASE("libpq_connector: connections get TCP keepalives and a TCP user timeout by default", "[integration][libpq]") {
     for (const std::string& conninfo : {sbx().tls(), sbx().plain()}) {
         CAPTURE(conninfo);
         const libpq_connector c{conninfo};
@@ -53,8 +52,7 @@ TEST_CASE("libpq_connector: connections get TCP keepalives and a TCP user timeou
     }
 }
 
-TEST_CASE("libpq_connector: TCP settings given in the connection string are never overridden",
-          "[integration][libpq]") {
+TEST_CASE("libpq_connector: TCP settings given in the connection string are never overridden", "[integration][libpq]") {
     SECTION("every value given") {
         const libpq_connector c{sbx().tls() +
                                 " keepalives_idle=77 keepalives_interval=7 keepalives_count=5 tcp_user_timeout=12345"};

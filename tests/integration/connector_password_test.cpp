@@ -93,8 +93,8 @@ struct role_password {
     role_password(const role_password&) = delete;
     role_password& operator=(const role_password&) = delete;
     void set(const std::string& password) {
-        REQUIRE(exec_ok(admin.c, "ALTER ROLE " + sbx().var("PQPOOL_TEST_PASSWORD_USER") + " PASSWORD " +
-                                     sql_literal(password)));
+        REQUIRE(exec_ok(admin.c,
+                        "ALTER ROLE " + sbx().var("PQPOOL_TEST_PASSWORD_USER") + " PASSWORD " + sql_literal(password)));
     }
 };
 

@@ -32,7 +32,6 @@ namespace pqpool::test::connector {
 using namespace std::chrono_literals;
 using clock_type = libpq_connector::clock;
 
-
 inline const sandbox& sbx() { return sandbox::get(); }
 
 inline clock_type::time_point in(std::chrono::milliseconds d) { return clock_type::now() + d; }
@@ -163,7 +162,8 @@ private:
             }
             if (closed) break;
         }
-        while (!stop_) std::this_thread::sleep_for(std::chrono::milliseconds{5}); // keep the sockets open until the test is done
+        while (!stop_)
+            std::this_thread::sleep_for(std::chrono::milliseconds{5}); // keep the sockets open until the test is done
         if (client >= 0) ::close(client);
         if (server >= 0) ::close(server);
     }
@@ -179,7 +179,6 @@ inline std::string local_conninfo(int port) {
     return "host=127.0.0.1 port=" + std::to_string(port) + " dbname=" + sbx().var("PQPOOL_TEST_DBNAME") +
            " user=" + sbx().var("PQPOOL_TEST_USER") + " sslmode=disable";
 }
-
 
 // Is `word` in `text` as a whole token (not inside a longer run of letters,
 // digits and '_')?

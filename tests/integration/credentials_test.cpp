@@ -117,9 +117,10 @@ TEST_CASE("credentials: a password the server refuses right after a rotation is 
     set_password(adm, right);
     int asked = 0;
     pool<validation::none, recycling::none, overflow::fixed, observability::counters> p{
-        libpq_connector{role_conninfo(), {.credentials = [&](const connect_host&) {
-                            return connect_credentials{.password = ++asked == 1 ? stale : right};
-                        }}},
+        libpq_connector{
+            role_conninfo(),
+            {.credentials =
+                 [&](const connect_host&) { return connect_credentials{.password = ++asked == 1 ? stale : right}; }}},
         overflow::fixed{.size = 1, .wait = 10s}, retry::exponential_backoff{.attempts = 3, .base = 10ms, .cap = 50ms}};
     auto l = p.acquire();
     CHECK(query(l.get(), "SELECT current_user") == role);
@@ -203,7 +204,7 @@ TEST_CASE("credentials: a password rotated every second under a churning pool co
         std::this_thread::sleep_for(1s);
         const std::string next = random_password();
         query(adm.c, "ALTER ROLE " + role + " PASSWORD '" + next + "'"); // the server first, then the store,
-        store.set(next);                                                  // as a rotation does it
+        store.set(next);                                                 // as a rotation does it
         ++rotations;
     }
     stop = true;

@@ -202,9 +202,7 @@ TEST_CASE("epoch: a read-write pool whose server really turned read-only (fenced
           "[integration][epoch]") {
     using counted_pool = pool<observability::counters, overflow::fixed>;
     counted_pool p{sandbox::get().tls() + " target_session_attrs=read-write", overflow::fixed{.size = 2, .wait = 10s}};
-    {
-        auto a = p.acquire(), b = p.acquire();
-    }
+    { auto a = p.acquire(), b = p.acquire(); }
     {
         const fence f;
         {

@@ -198,7 +198,8 @@ TEST_CASE("failover: writes through run() survive the promotion of the standby, 
         while (!stop.load()) {
             try {
                 const auto [port, standby] = reads.run([](PGconn* c) {
-                    return std::pair{query(c, "SELECT inet_server_port()"), query(c, "SELECT pg_is_in_recovery()") == "t"};
+                    return std::pair{query(c, "SELECT inet_server_port()"),
+                                     query(c, "SELECT pg_is_in_recovery()") == "t"};
                 });
                 const std::lock_guard lock(reads_m);
                 read_log.push_back({steady::now(), port, standby});

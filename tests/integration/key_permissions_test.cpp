@@ -47,8 +47,7 @@ bool pqpool_refuses(const std::string& conninfo) {
 
 } // namespace
 
-TEST_CASE("tls files: pqpool refuses an sslkey for its owner and mode exactly when libpq does",
-          "[integration][tls]") {
+TEST_CASE("tls files: pqpool refuses an sslkey for its owner and mode exactly when libpq does", "[integration][tls]") {
     REQUIRE(::geteuid() == 0); // to make files owned by root and by another user
     const passwd* other = ::getpwnam("postgres");
     REQUIRE(other);
@@ -63,9 +62,14 @@ TEST_CASE("tls files: pqpool refuses an sslkey for its owner and mode exactly wh
         bool refused; // by libpq 15
     };
     const kase cases[] = {
-        {0, 0600, false},           {0, 0640, false},           {0, 0660, true},
-        {0, 0644, true},            {other->pw_uid, 0600, false}, {other->pw_uid, 0400, false},
-        {other->pw_uid, 0640, true}, {other->pw_uid, 0604, true},
+        {0, 0600, false},
+        {0, 0640, false},
+        {0, 0660, true},
+        {0, 0644, true},
+        {other->pw_uid, 0600, false},
+        {other->pw_uid, 0400, false},
+        {other->pw_uid, 0640, true},
+        {other->pw_uid, 0604, true},
     };
     int n = 0;
     for (const kase& k : cases) {
@@ -73,9 +77,9 @@ TEST_CASE("tls files: pqpool refuses an sslkey for its owner and mode exactly wh
         REQUIRE(::chown(key_path.c_str(), k.owner, static_cast<gid_t>(-1)) == 0);
         REQUIRE(::chmod(key_path.c_str(), k.mode) == 0);
         const std::string conninfo = "host=" + sb.var("PQPOOL_TEST_HOST") + " port=" + sb.var("PQPOOL_TEST_PORT") +
-                                     " dbname=" + sb.var("PQPOOL_TEST_DBNAME") + " user=" +
-                                     sb.var("PQPOOL_TEST_USER") + " sslmode=require sslcert=" + cert_path +
-                                     " sslkey=" + key_path + " connect_timeout=10";
+                                     " dbname=" + sb.var("PQPOOL_TEST_DBNAME") + " user=" + sb.var("PQPOOL_TEST_USER") +
+                                     " sslmode=require sslcert=" + cert_path + " sslkey=" + key_path +
+                                     " connect_timeout=10";
         CAPTURE(k.owner, k.mode);
         CHECK(libpq_refuses(conninfo) == k.refused); // the oracle agrees with what this test expects
         CHECK(pqpool_refuses(conninfo) == k.refused);

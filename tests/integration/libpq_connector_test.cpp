@@ -261,11 +261,8 @@ TEST_CASE("libpq_connector: a failing setup statement fails the connect, naming 
 
 TEST_CASE("libpq_connector: bad connection strings are config errors without the password", "[integration][libpq]") {
     const std::vector<std::string> bad = {
-        "host=x password=hunter2 bogus",
-        "postgresql://u:hunter2@h:notaport/db",
-        "host=x hunter2",
-        "postgresql://u:hunter2@[::1/db",
-        "host=x password=hunter2 sslmode=sometimes",
+        "host=x password=hunter2 bogus",  "postgresql://u:hunter2@h:notaport/db",      "host=x hunter2",
+        "postgresql://u:hunter2@[::1/db", "host=x password=hunter2 sslmode=sometimes",
     };
     for (const auto& ci : bad) {
         CAPTURE(ci);
@@ -294,8 +291,8 @@ TEST_CASE("libpq_connector: bad connection strings are config errors without the
     SECTION("a directory given as sslcert is refused, and an existing file is accepted") {
         CHECK_THROWS_WITH((libpq_connector{"host=x sslmode=require sslcert=/tmp"}),
                           Catch::Contains("sslcert") && Catch::Contains("is a directory"));
-        CHECK_NOTHROW((libpq_connector{"host=x sslmode=verify-full sslrootcert=" +
-                                       sbx().var("PQPOOL_TEST_SSLROOTCERT")}));
+        CHECK_NOTHROW(
+            (libpq_connector{"host=x sslmode=verify-full sslrootcert=" + sbx().var("PQPOOL_TEST_SSLROOTCERT")}));
     }
     SECTION("the description never holds the password") {
         const libpq_connector c{"postgresql://u:hunter2@h:5433/db?sslmode=require"};

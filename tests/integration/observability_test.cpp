@@ -88,9 +88,8 @@ std::chrono::system_clock::time_point sandbox_certificate_not_after() {
     return *t;
 }
 
-using obs = observability::combine<observability::counters, observability::histograms,
-                                   observability::leak_detection, observability::tls,
-                                   observability::sink<test::lease_recorder>,
+using obs = observability::combine<observability::counters, observability::histograms, observability::leak_detection,
+                                   observability::tls, observability::sink<test::lease_recorder>,
                                    observability::sink<observability::logfmt_writer>>;
 using watched_pool = pool<validation::probe, overflow::bounded, retry::exponential_backoff, obs>;
 
@@ -184,7 +183,8 @@ TEST_CASE("a pool that has seen every event: its exposition passes promtool and 
     CHECK(events("returned") == 6);
     CHECK(events("leak_suspected") == 2);
     CHECK(events("leak_returned") == 2);
-    for (std::size_t i = 0; i < event_count; ++i) CHECK(events(std::string(to_string(static_cast<event>(i))).c_str()) >= 1);
+    for (std::size_t i = 0; i < event_count; ++i)
+        CHECK(events(std::string(to_string(static_cast<event>(i))).c_str()) >= 1);
     CHECK(closed("surplus") == 1);
     CHECK(closed("validation") == 1);
     CHECK(closed("broken") == 1);
@@ -204,13 +204,15 @@ TEST_CASE("a pool that has seen every event: its exposition passes promtool and 
     CHECK(value_of(text, "db_client_connection_use_time_seconds_sum{" + pool_label + "}") >= 0.3); // a and b
     CHECK(value_of(text, "db_client_connection_use_time_seconds_bucket{" + pool_label + ",le=\"+Inf\"}") == 6);
     // A connect over TLS on loopback takes more than 2^20 ns (1 ms) and less than 2^33 ns (8.6 s).
-    CHECK(value_of(text, "db_client_connection_create_time_seconds_bucket{" + pool_label + ",le=\"0.001048576\"}") == 0);
-    CHECK(value_of(text, "db_client_connection_create_time_seconds_bucket{" + pool_label + ",le=\"8.589934592\"}") == 6);
-    const std::string server = pool_label + ",server_address=\"" + sbx().var("PQPOOL_TEST_HOST") +
-                               "\",server_port=\"" + sbx().var("PQPOOL_TEST_PORT") + "\"";
+    CHECK(value_of(text, "db_client_connection_create_time_seconds_bucket{" + pool_label + ",le=\"0.001048576\"}") ==
+          0);
+    CHECK(value_of(text, "db_client_connection_create_time_seconds_bucket{" + pool_label + ",le=\"8.589934592\"}") ==
+          6);
+    const std::string server = pool_label + ",server_address=\"" + sbx().var("PQPOOL_TEST_HOST") + "\",server_port=\"" +
+                               sbx().var("PQPOOL_TEST_PORT") + "\"";
     const double left = value_of(text, "pqpool_tls_server_certificate_expiry_seconds{" + server + "}");
-    const auto expected_left =
-        std::chrono::duration_cast<std::chrono::seconds>(sandbox_certificate_not_after() - std::chrono::system_clock::now());
+    const auto expected_left = std::chrono::duration_cast<std::chrono::seconds>(sandbox_certificate_not_after() -
+                                                                                std::chrono::system_clock::now());
     CHECK(std::abs(left - static_cast<double>(expected_left.count())) <= 60);
     CHECK(text.find("pqpool_tls_connection_info{" + server + ",protocol=\"TLSv1.3\",cipher=\"") != std::string::npos);
 
@@ -229,9 +231,10 @@ TEST_CASE("every pool name gives an exposition promtool accepts: quotes, backsla
           "not UTF-8",
           "[observability][prometheus]") {
     pqpool::pool<observability::counters> p{"host=localhost"}; // no connection needed: stats and counters
-    for (const std::string& name :
-         {std::string("q\"uo\\te\nnl"), std::string("caf\xe9-latin1"), std::string("a\xff\xfe" "b"),
-          std::string("cut \xe2\x82"), std::string("caf\xc3\xa9")}) {
+    for (const std::string& name : {std::string("q\"uo\\te\nnl"), std::string("caf\xe9-latin1"),
+                                    std::string("a\xff\xfe"
+                                                "b"),
+                                    std::string("cut \xe2\x82"), std::string("caf\xc3\xa9")}) {
         const std::string text = prometheus_exposition().add(p, "ok").add(p, name).str();
         const auto [status, said] = promtool_check(text);
         INFO("pool name of " << name.size() << " bytes; promtool: " << said);

@@ -40,8 +40,7 @@ struct role_for_test {
     role_for_test& operator=(const role_for_test&) = delete;
     bool set(const std::string& pw, int limit) {
         return connector::exec_ok(admin_conn.c, "ALTER ROLE " + sandbox::get().var("PQPOOL_TEST_PASSWORD_USER") +
-                                                    " PASSWORD '" + pw + "' CONNECTION LIMIT " +
-                                                    std::to_string(limit));
+                                                    " PASSWORD '" + pw + "' CONNECTION LIMIT " + std::to_string(limit));
     }
     // Keeps the password, changes the limit.
     bool limit(int connection_limit) { return set(password, connection_limit); }

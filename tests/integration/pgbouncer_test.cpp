@@ -103,8 +103,7 @@ struct scratch_table {
     ~scratch_table() {
         try {
             query(server.c, "DROP TABLE IF EXISTS " + name);
-        } catch (...) {
-        }
+        } catch (...) {}
     }
     int rows() { return std::stoi(query(server.c, "SELECT count(*) FROM " + name)); }
 };
@@ -131,8 +130,8 @@ void run_load(Pool& p, const std::string& table, int threads, int cycles, tally&
                     if (i % 2 == 0) {
                         query(c, "BEGIN");
                         const std::string pid = query(c, "SELECT pg_backend_pid()");
-                        query(c, "INSERT INTO " + table + " VALUES (" + std::to_string(t) + ", " +
-                                     std::to_string(i) + ", pg_backend_pid())");
+                        query(c, "INSERT INTO " + table + " VALUES (" + std::to_string(t) + ", " + std::to_string(i) +
+                                     ", pg_backend_pid())");
                         if (query(c, "SELECT pg_backend_pid()") != pid)
                             throw std::runtime_error("a transaction moved between server connections");
                         query(c, "COMMIT");

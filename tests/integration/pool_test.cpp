@@ -109,11 +109,11 @@ TEST_CASE("a closed port fails with a transient connect_error within the retry b
 
 TEST_CASE("setup statements run on every new connection", "[integration][pool]") {
     const std::string app = unique_name("pqpool-setup");
-    pool<overflow::fixed> p{libpq_connector{sandbox::get().tls(),
-                                            {.setup = {"SET search_path TO pg_catalog, public",
-                                                       "SET statement_timeout = '30s'",
-                                                       "SET application_name = '" + app + "'"}}},
-                            overflow::fixed{.size = 2}};
+    pool<overflow::fixed> p{
+        libpq_connector{sandbox::get().tls(),
+                        {.setup = {"SET search_path TO pg_catalog, public", "SET statement_timeout = '30s'",
+                                   "SET application_name = '" + app + "'"}}},
+        overflow::fixed{.size = 2}};
     auto a = p.acquire(), b = p.acquire();
     for (PGconn* c : {a.get(), b.get()}) {
         CHECK(query(c, "SHOW search_path") == "pg_catalog, public");
@@ -234,8 +234,7 @@ TEST_CASE("a child that drops a lease taken before the fork leaves the parent's 
         try {
             (void)held.get();
             code = 4; // using it in the child must throw
-        } catch (const closed_error&) {
-        }
+        } catch (const closed_error&) {}
         held.release(); // dropped in the child: abandoned, no I/O
         delete p;
         std::exit(code);

@@ -36,8 +36,7 @@ struct server_down {
         if (up_) return;
         try {
             start();
-        } catch (...) {
-        }
+        } catch (...) {}
     }
 
 private:
@@ -79,8 +78,7 @@ TEST_CASE("the server stops and comes back 1 s later: every run() succeeds, atte
     CHECK(connected <= 4);
 }
 
-TEST_CASE("a server that stays down: every caller fails after the retry budget, none hangs",
-          "[integration][retry]") {
+TEST_CASE("a server that stays down: every caller fails after the retry budget, none hangs", "[integration][retry]") {
     // The backoff is long enough (each budget takes about 0.5 s) that all eight callers are in
     // line before the first budget ends, even on a loaded machine: a caller arriving after it
     // would rightly start a budget of its own.

@@ -86,9 +86,9 @@ TEST_CASE("64 threads on 4 + 4 connections, 5 s wait: every cycle succeeds and t
         const auto start = std::chrono::steady_clock::now();
         hammer(p, threads, cycles, out);
         INFO("first unexpected failure: " << out.first_other);
-        INFO("took " << std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start)
-                            .count()
-                     << " ms");
+        INFO("took "
+             << std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count()
+             << " ms");
         CHECK(out.other == 0);
         CHECK(out.timeouts == 0);
         CHECK(out.ok == threads * cycles);
@@ -158,7 +158,7 @@ TEST_CASE("a short acquire wait does not turn into a connect that can never fini
     for (const auto wait : {1ms, 0ms}) {
         CAPTURE(wait.count());
         pool<overflow::bounded, retry::none> p{sandbox::get().tls(),
-                                              overflow::bounded{.size = 1, .max_overflow = 0, .wait = wait}};
+                                               overflow::bounded{.size = 1, .max_overflow = 0, .wait = wait}};
         bool connected = false;
         int tries = 0;
         std::string last_failure;

@@ -118,8 +118,8 @@ public:
     std::string operator()(const std::string& sql) { return query(c_, sql); }
 
     int backends_named(const std::vector<std::string>& apps) {
-        return std::stoi(query(c_, "SELECT count(*) FROM pg_stat_activity WHERE application_name IN (" +
-                                       sql_list(apps) + ")"));
+        return std::stoi(
+            query(c_, "SELECT count(*) FROM pg_stat_activity WHERE application_name IN (" + sql_list(apps) + ")"));
     }
     int terminate(const std::vector<std::string>& apps) {
         return std::stoi(query(c_, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -397,8 +397,8 @@ TEMPLATE_LIST_TEST_CASE("validation: a connection whose backend sent FATAL but h
                 fd = PQsocket(warm.get());
             }
             // The connection is idle in the pool; the test only watches its socket.
-            REQUIRE(std::stoi(server("SELECT count(pg_terminate_backend(" + std::to_string(server.pid_of(app)) +
-                                     "))")) == 1);
+            REQUIRE(std::stoi(
+                        server("SELECT count(pg_terminate_backend(" + std::to_string(server.pid_of(app)) + "))")) == 1);
             pollfd fatal{fd, POLLIN, 0};
             REQUIRE(::poll(&fatal, 1, 5000) == 1); // the FATAL arrived
             pollfd closed{fd, static_cast<short>(POLLRDHUP), 0};
@@ -442,17 +442,14 @@ public:
     ~scratch_table() {
         try {
             server_("DROP TABLE IF EXISTS " + name_);
-        } catch (...) {
-        }
+        } catch (...) {}
     }
 
     int next_run() { return ++runs_; }
     std::string insert(int run, const char* who) const {
         return "INSERT INTO " + name_ + " VALUES (" + std::to_string(run) + ", '" + who + "')";
     }
-    std::string count(int run) const {
-        return "SELECT count(*) FROM " + name_ + " WHERE run = " + std::to_string(run);
-    }
+    std::string count(int run) const { return "SELECT count(*) FROM " + name_ + " WHERE run = " + std::to_string(run); }
     // Rows of `run` written by `who`, as a connection outside every pool sees them.
     int committed(int run, const char* who) { return std::stoi(server_(count(run) + " AND who = '" + who + "'")); }
 
@@ -463,12 +460,12 @@ private:
 };
 
 struct handover {
-    PGTransactionStatusType status = PQTRANS_UNKNOWN; // of the next user's connection, as it got it
-    bool same_backend = false;                        // the next user got the first user's session
-    std::string rows_seen_by_next;                    // before its own insert; "error: …" when the count failed
-    bool next_insert_ok = false;                      // the next user's own work (autocommit) went in
+    PGTransactionStatusType status = PQTRANS_UNKNOWN;  // of the next user's connection, as it got it
+    bool same_backend = false;                         // the next user got the first user's session
+    std::string rows_seen_by_next;                     // before its own insert; "error: …" when the count failed
+    bool next_insert_ok = false;                       // the next user's own work (autocommit) went in
     int admin_first_rows = -1, admin_second_rows = -1; // counted by the admin while the next user held the lease
-    int admin_first_rows_after = -1;                    // ... and after the pool is gone
+    int admin_first_rows_after = -1;                   // ... and after the pool is gone
 
     bool clean() const {
         return status == PQTRANS_IDLE && rows_seen_by_next == "0" && next_insert_ok && admin_first_rows == 0 &&
@@ -477,8 +474,8 @@ struct handover {
 };
 
 std::ostream& operator<<(std::ostream& os, const handover& h) {
-    return os << "status " << h.status << " (PQTRANS_IDLE is " << PQTRANS_IDLE << "), same backend "
-              << h.same_backend << ", rows seen by the next user " << h.rows_seen_by_next << ", its insert "
+    return os << "status " << h.status << " (PQTRANS_IDLE is " << PQTRANS_IDLE << "), same backend " << h.same_backend
+              << ", rows seen by the next user " << h.rows_seen_by_next << ", its insert "
               << (h.next_insert_ok ? "ok" : "failed") << ", admin sees first/second " << h.admin_first_rows << "/"
               << h.admin_second_rows << ", first after " << h.admin_first_rows_after;
 }

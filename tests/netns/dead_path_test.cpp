@@ -116,9 +116,11 @@ struct guarded_and_not {
     watched g, u;
 
     guarded_and_not(const char* prefix, bool in_flight)
-        : app(unique_app(prefix)), g_conn(connect_or_throw(netns::conninfo() + guarded + " application_name=" + app)),
+        : app(unique_app(prefix)),
+          g_conn(connect_or_throw(netns::conninfo() + guarded + " application_name=" + app)),
           u_conn(connect_or_throw(netns::conninfo() + unguarded + " application_name=" + app)),
-          g{g_conn.get(), in_flight, {}, {}}, u{u_conn.get(), in_flight, {}, {}} {
+          g{g_conn.get(), in_flight, {}, {}},
+          u{u_conn.get(), in_flight, {}, {}} {
         REQUIRE(query(g.c, "SELECT 1") == "1");
         REQUIRE(query(u.c, "SELECT 1") == "1");
     }
@@ -156,7 +158,7 @@ TEST_CASE("a query in flight on a dropped path fails within tcp_user_timeout and
         // Not at once: after the retransmissions went unanswered for about tcp_user_timeout (2 s).
         conns.check(1500ms, 5s);
         CHECK(PQisBusy(conns.u.c) == 1); // still waiting after 6 s
-        terminate_backends(conns.app); // healed: the server ends both sessions (u's client sees it)
+        terminate_backends(conns.app);   // healed: the server ends both sessions (u's client sees it)
     }
     CHECK(pqpool::test::net::open_fd_count() == fds_before);
 }
@@ -185,7 +187,7 @@ TEST_CASE("while dropped new connections time out and after heal() they work", "
         CHECK(PQstatus(c.get()) == CONNECTION_BAD);
         CHECK_THAT(PQerrorMessage(c.get()), Catch::Contains("timeout expired"));
         CHECK(took >= 1500ms);
-    } // the guard heals
+    }              // the guard heals
     netns::heal(); // idempotent
 
     auto c = connect_or_throw(netns::conninfo() + guarded + " connect_timeout=5");

@@ -80,16 +80,14 @@ TEST_CASE("run() on a dead path: the query fails within tcp_user_timeout, run() 
     }
     healer.join();
     CHECK(v == "survived");
-    CHECK(calls >= 2);                // the first attempt failed: it did not hang until the heal
-    CHECK(since(start) < 5s + 10s);   // the heal at 5 s, then a connect and the query
+    CHECK(calls >= 2);              // the first attempt failed: it did not hang until the heal
+    CHECK(since(start) < 5s + 10s); // the heal at 5 s, then a connect and the query
 }
 
 TEST_CASE("acquire() keeps its bound while the path is dead", "[netns][time_bounds]") {
     pool<> p{netns::conninfo() + quick, overflow::bounded{.size = 2, .max_overflow = 0, .wait = 1s},
              validation::ping_if_idle{.idle_for = 0ms, .timeout = 5s}};
-    {
-        auto a = p.acquire(), b = p.acquire();
-    }
+    { auto a = p.acquire(), b = p.acquire(); }
     std::this_thread::sleep_for(20ms);
     netns::dropped_port cut{netns::server_port()};
     for (int i = 0; i < 3; ++i) {
@@ -103,8 +101,7 @@ TEST_CASE("acquire() keeps its bound while the path is dead", "[netns][time_boun
         try {
             auto l = p.acquire_for(3s);
             served = select_value(l.get(), "SELECT 1") == "1";
-        } catch (const error&) {
-        }
+        } catch (const error&) {}
     }
     CHECK(served);
 }
@@ -112,9 +109,7 @@ TEST_CASE("acquire() keeps its bound while the path is dead", "[netns][time_boun
 TEST_CASE("idle connections on a dead path are found dead by keepalives and replaced", "[netns][validation]") {
     pool<validation::probe, observability::counters> p{netns::conninfo() + quick,
                                                        overflow::bounded{.size = 3, .max_overflow = 0, .wait = 10s}};
-    {
-        auto a = p.acquire(), b = p.acquire(), c = p.acquire();
-    }
+    { auto a = p.acquire(), b = p.acquire(), c = p.acquire(); }
     {
         netns::dropped_port cut{netns::server_port()};
         std::this_thread::sleep_for(5s); // keepalives: 1 s idle, 2 probes 1 s apart, and the 2 s user timeout

@@ -167,7 +167,8 @@ TEST_CASE("pass forwards a MiB both ways byte for byte, and a FIN", "[proxy]") {
         pollfd p{c.fd, static_cast<short>(POLLIN | (sent < size ? POLLOUT : 0)), 0};
         REQUIRE(::poll(&p, 1, 1000) >= 0);
         if ((p.revents & POLLOUT) && sent < size) {
-            const ssize_t n = ::send(c.fd, sent_stream.data() + sent, std::min<std::size_t>(size - sent, 65536), MSG_NOSIGNAL);
+            const ssize_t n =
+                ::send(c.fd, sent_stream.data() + sent, std::min<std::size_t>(size - sent, 65536), MSG_NOSIGNAL);
             if (n > 0) sent += static_cast<std::size_t>(n);
         }
         if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
@@ -208,9 +209,12 @@ TEST_CASE("freeze reads nothing and forwards nothing, then heal delivers everyth
     for (int i = 0; i < 4096 && !full; ++i) { // at most 256 MiB
         for (std::size_t k = 0; k < chunk.size(); ++k) chunk[k] = stream_byte(stream.size() + k);
         const ssize_t n = ::send(c.fd, chunk.data(), chunk.size(), MSG_NOSIGNAL);
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) full = true;
-        else if (n < 0) net::fail("send");
-        else stream.append(chunk, 0, static_cast<std::size_t>(n));
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            full = true;
+        else if (n < 0)
+            net::fail("send");
+        else
+            stream.append(chunk, 0, static_cast<std::size_t>(n));
     }
     CHECK(full);
     CHECK(proxy.connections() == 1);

@@ -60,9 +60,7 @@ TEST_CASE("acquire() keeps its wait when the path freezes under idle connections
     // The default policies, with sizes at which a 2 s wait once took 25 s.
     pool<> p{proxy.route(sandbox::get().tls()), overflow::bounded{.size = 3, .max_overflow = 0, .wait = 2s},
              validation::ping_if_idle{.idle_for = 300ms}};
-    {
-        auto a = p.acquire(), b = p.acquire(), c = p.acquire();
-    }
+    { auto a = p.acquire(), b = p.acquire(), c = p.acquire(); }
     std::this_thread::sleep_for(500ms); // idle longer than idle_for: the next acquire pings
     proxy.freeze();                     // open and new connections: nothing gets through any more
     auto took = time_of([&] { CHECK_THROWS_AS(p.acquire(), timeout_error); });
@@ -81,8 +79,7 @@ TEST_CASE("acquire() keeps its wait when the path freezes under idle connections
         try {
             auto l = p.acquire_for(1s);
             served = select_1(l.get());
-        } catch (const error&) {
-        }
+        } catch (const error&) {}
     }
     CHECK(served);
 }
@@ -90,9 +87,7 @@ TEST_CASE("acquire() keeps its wait when the path freezes under idle connections
 TEST_CASE("a pool<> with its 30 s wait, asked for 1 s over a frozen path, answers in 1 s", "[proxy][time_bounds]") {
     fault_proxy proxy{server_port()};
     pool<> p{proxy.route(sandbox::get().tls()), validation::ping_if_idle{.idle_for = 100ms}};
-    {
-        auto a = p.acquire(), b = p.acquire();
-    }
+    { auto a = p.acquire(), b = p.acquire(); }
     std::this_thread::sleep_for(300ms);
     proxy.freeze();
     const auto took = time_of([&] { CHECK_THROWS_AS(p.acquire_for(1s), timeout_error); });
@@ -106,14 +101,12 @@ TEMPLATE_TEST_CASE("validation under an RST and a FIN: every validating policy r
         fault_proxy proxy{server_port()};
         pool<TestType, recycling::none, retry::none> p{proxy.route(sandbox::get().tls()),
                                                        overflow::bounded{.size = 2, .max_overflow = 0, .wait = 5s}};
-        {
-            auto a = p.acquire(), b = p.acquire();
-        }
+        { auto a = p.acquire(), b = p.acquire(); }
         if (rst)
             proxy.reset();
         else
             proxy.close();
-        proxy.heal(); // new connections pass again
+        proxy.heal();                      // new connections pass again
         std::this_thread::sleep_for(50ms); // the RST or FIN reaches the client's kernel
         for (int i = 0; i < 4; ++i) {
             auto l = p.acquire();
@@ -144,7 +137,8 @@ TEMPLATE_TEST_CASE("validation on a frozen path: a round trip catches it within 
     CHECK(took < 500ms + 2s); // the ping's 500 ms, then a TLS connect
 }
 
-TEST_CASE("validation::probe cannot see a frozen path (the kernel still ACKs): the known limit", "[proxy][validation]") {
+TEST_CASE("validation::probe cannot see a frozen path (the kernel still ACKs): the known limit",
+          "[proxy][validation]") {
     fault_proxy proxy{server_port()};
     pool<validation::probe, recycling::none, retry::none> p{proxy.route(sandbox::get().tls()),
                                                             overflow::bounded{.size = 1, .max_overflow = 0}};
@@ -163,10 +157,10 @@ TEST_CASE("validation::probe cannot see a frozen path (the kernel still ACKs): t
 TEST_CASE("a blackholed first host costs one connect timeout, then the second host serves the pool", "[proxy]") {
     fault_proxy proxy{server_port()};
     proxy.blackhole();
-    const std::string conninfo = "host=127.0.0.1,127.0.0.1 port=" + std::to_string(proxy.port()) + "," +
-                                 sandbox::get().var("PQPOOL_TEST_PORT") + " dbname=" +
-                                 sandbox::get().var("PQPOOL_TEST_DBNAME") + " user=" +
-                                 sandbox::get().var("PQPOOL_TEST_USER") + " sslmode=require connect_timeout=2";
+    const std::string conninfo =
+        "host=127.0.0.1,127.0.0.1 port=" + std::to_string(proxy.port()) + "," + sandbox::get().var("PQPOOL_TEST_PORT") +
+        " dbname=" + sandbox::get().var("PQPOOL_TEST_DBNAME") + " user=" + sandbox::get().var("PQPOOL_TEST_USER") +
+        " sslmode=require connect_timeout=2";
     pool<overflow::bounded> p{conninfo, overflow::bounded{.size = 1, .max_overflow = 0, .wait = 10s}};
     const auto took = time_of([&] {
         auto l = p.acquire();
@@ -197,9 +191,7 @@ TEST_CASE("a connection found reset without a word from the server moves the epo
     fault_proxy proxy{server_port()};
     pool<validation::probe, recycling::none, retry::none> p{
         proxy.route(sandbox::get().tls()), overflow::bounded{.size = 3, .max_overflow = 0, .wait = 5s}};
-    {
-        auto a = p.acquire(), b = p.acquire(), c = p.acquire();
-    }
+    { auto a = p.acquire(), b = p.acquire(), c = p.acquire(); }
     REQUIRE(p.stats() == pool_stats{.size = 3, .idle = 3});
     proxy.reset(); // an RST to every connection: no FATAL, no SQLSTATE
     proxy.heal();

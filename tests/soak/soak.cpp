@@ -115,8 +115,7 @@ T number(const char* flag, const char* text) {
             const unsigned long long v = std::stoull(s, &used, 0);
             if (used == s.size() && s[0] != '-') return static_cast<T>(v);
         }
-    } catch (const std::exception&) {
-    }
+    } catch (const std::exception&) {}
     usage((std::string(flag) + " needs a non-negative number, not '" + text + "'").c_str());
 }
 
@@ -229,7 +228,8 @@ public:
     using attempt = pqpool::libpq_connector::attempt;
 
     counting_connector(const std::string& conninfo, std::shared_ptr<connector_counts> counts)
-        : inner_(conninfo), counts_(std::move(counts)) {}
+        : inner_(conninfo),
+          counts_(std::move(counts)) {}
 
     handle continue_connect(attempt& a, clock::time_point deadline) const {
         const handle h = inner_.continue_connect(a, deadline);
@@ -310,7 +310,8 @@ public:
             if (PQstatus(c_) == CONNECTION_OK) {
                 // Its notices ("relation exists", "PID n is not a PostgreSQL backend process"
                 // for a backend that exited meanwhile) are expected; keep the log readable.
-                PQsetNoticeProcessor(c_, [](void*, const char*) {}, nullptr);
+                PQsetNoticeProcessor(
+                    c_, [](void*, const char*) {}, nullptr);
                 return;
             }
             last = PQerrorMessage(c_);
@@ -374,8 +375,7 @@ struct tally {
 
     void latency(std::chrono::microseconds d) {
         std::int64_t seen = max_latency_us.load();
-        while (d.count() > seen && !max_latency_us.compare_exchange_weak(seen, d.count())) {
-        }
+        while (d.count() > seen && !max_latency_us.compare_exchange_weak(seen, d.count())) {}
     }
     void fail(const std::string& pool, const std::string& type, const std::string& what, const std::string& story) {
         ++failed;
@@ -400,8 +400,8 @@ void work(PGconn* c, const std::string& id, std::uint64_t n) {
 }
 
 template <class Pool>
-void worker(Pool& pool, tally& t, const char* pool_name, std::string id, std::uint64_t seed,
-            steady::time_point stop_at, int pause_ms, const std::atomic<bool>& abort) {
+void worker(Pool& pool, tally& t, const char* pool_name, std::string id, std::uint64_t seed, steady::time_point stop_at,
+            int pause_ms, const std::atomic<bool>& abort) {
     std::mt19937_64 rng{seed};
     std::uniform_int_distribution<int> pause(0, 2 * pause_ms);
     // What each attempt of the current operation (each call of the work by run()) ended with,
@@ -443,9 +443,9 @@ void worker(Pool& pool, tally& t, const char* pool_name, std::string id, std::ui
 // Chaos
 
 enum class action : unsigned char { terminate, restart, idle_timeout, freeze, pgbouncer_restart, fork };
-constexpr std::array<const char*, 6> action_names = {"terminate backends", "restart the server",
+constexpr std::array<const char*, 6> action_names = {"terminate backends",        "restart the server",
                                                      "idle_session_timeout = 1s", "freeze the path",
-                                                     "restart PgBouncer", "fork children"};
+                                                     "restart PgBouncer",         "fork children"};
 
 struct chaos_tally {
     std::array<std::uint64_t, 6> done{};
@@ -480,8 +480,7 @@ void write_stderr(const std::string& s) noexcept {
         lease.release();
         pool.close();
     } catch (const std::exception& e) {
-        write_stderr("pqpool_soak child " + std::to_string(::getpid()) + ": " + type_name(e) + ": " + e.what() +
-                     "\n");
+        write_stderr("pqpool_soak child " + std::to_string(::getpid()) + ": " + type_name(e) + ": " + e.what() + "\n");
         code = 2;
     } catch (...) {
         code = 3;
@@ -493,7 +492,13 @@ class chaos {
 public:
     chaos(const options& o, const endpoints& ep, pqpool::test::fault_proxy& proxy, main_pool& pool,
           steady::time_point stop_at, const std::atomic<bool>& abort)
-        : o_(o), ep_(ep), proxy_(proxy), pool_(pool), stop_at_(stop_at), abort_(abort), rng_(o.seed) {}
+        : o_(o),
+          ep_(ep),
+          proxy_(proxy),
+          pool_(pool),
+          stop_at_(stop_at),
+          abort_(abort),
+          rng_(o.seed) {}
 
     chaos_tally run() {
         std::vector<action> deck;
@@ -504,7 +509,7 @@ public:
             nap_until(steady::now() + gap, abort_);
             if (abort_.load() || steady::now() + 200ms >= stop_at_) break;
             if (deck.empty()) {
-                deck = {action::terminate, action::restart, action::idle_timeout,
+                deck = {action::terminate, action::restart,           action::idle_timeout,
                         action::freeze,    action::pgbouncer_restart, action::fork};
                 std::shuffle(deck.begin(), deck.end(), rng_);
             }
@@ -541,19 +546,19 @@ private:
             std::vector<std::string> pids;
             direct d{ep_.server_admin};
             {
-                result r{PQexecParams(d.get(),
-                                      "SELECT pid FROM pg_stat_activity WHERE application_name IN ($1, $2) ORDER BY pid",
-                                      2, nullptr,
-                                      std::array<const char*, 2>{ep_.main_app.c_str(), ep_.bouncer_app.c_str()}.data(),
-                                      nullptr, nullptr, 0)};
-                if (PQresultStatus(r.get()) != PGRES_TUPLES_OK)
-                    throw std::runtime_error(PQresultErrorMessage(r.get()));
+                result r{PQexecParams(
+                    d.get(), "SELECT pid FROM pg_stat_activity WHERE application_name IN ($1, $2) ORDER BY pid", 2,
+                    nullptr, std::array<const char*, 2>{ep_.main_app.c_str(), ep_.bouncer_app.c_str()}.data(), nullptr,
+                    nullptr, 0)};
+                if (PQresultStatus(r.get()) != PGRES_TUPLES_OK) throw std::runtime_error(PQresultErrorMessage(r.get()));
                 for (int i = 0; i < PQntuples(r.get()); ++i) pids.emplace_back(PQgetvalue(r.get(), i, 0));
             }
             const int want = pids.empty() ? 0 : uniform(1, static_cast<int>(pids.size()));
             std::shuffle(pids.begin(), pids.end(), rng_);
             int killed = 0;
-            for (int i = 0; i < want; ++i) killed += exec(d.get(), "SELECT pg_terminate_backend($1::int)", {pids[static_cast<std::size_t>(i)]}) == "t";
+            for (int i = 0; i < want; ++i)
+                killed +=
+                    exec(d.get(), "SELECT pg_terminate_backend($1::int)", {pids[static_cast<std::size_t>(i)]}) == "t";
             t_.terminated += static_cast<std::uint64_t>(killed);
             say("chaos: terminated %d of %zu backends of the pools", killed, pids.size());
             return;
@@ -633,10 +638,11 @@ private:
                 if (got == *it && WIFEXITED(status) && WEXITSTATUS(status) == 0) {
                     ++ok;
                 } else {
-                    const std::string why = got < 0                ? std::string("waitpid: ") + std::strerror(errno)
-                                            : WIFEXITED(status)   ? "exited " + std::to_string(WEXITSTATUS(status))
-                                            : WIFSIGNALED(status) ? "killed by signal " + std::to_string(WTERMSIG(status))
-                                                                  : "status " + std::to_string(status);
+                    const std::string why = got < 0             ? std::string("waitpid: ") + std::strerror(errno)
+                                            : WIFEXITED(status) ? "exited " + std::to_string(WEXITSTATUS(status))
+                                            : WIFSIGNALED(status)
+                                                ? "killed by signal " + std::to_string(WTERMSIG(status))
+                                                : "status " + std::to_string(status);
                     t_.child_failures.push_back("child " + std::to_string(*it) + " " + why);
                     say("FAILURE: child %d %s", static_cast<int>(*it), why.c_str());
                 }
@@ -733,9 +739,8 @@ void print_events(const char* name, const Pool& p, const connector_counts& c) {
 }
 
 void print_tally(const char* name, const tally& t) {
-    say("operations, %s pool: attempted %" PRIu64 ", succeeded %" PRIu64 ", failed %" PRIu64
-        " (longest %.3f s)",
-        name, t.attempted.load(), t.succeeded.load(), t.failed.load(), static_cast<double>(t.max_latency_us.load()) / 1e6);
+    say("operations, %s pool: attempted %" PRIu64 ", succeeded %" PRIu64 ", failed %" PRIu64 " (longest %.3f s)", name,
+        t.attempted.load(), t.succeeded.load(), t.failed.load(), static_cast<double>(t.max_latency_us.load()) / 1e6);
 }
 
 std::string show_stats(const pqpool::pool_stats& s) {
@@ -842,7 +847,8 @@ int soak(const options& o, std::size_t fds_before, long rss_start) {
                 const std::string id = tag + std::to_string(i);
                 const std::uint64_t seed = o.seed + 1000 + static_cast<std::uint64_t>(i);
                 if (direct_pool)
-                    workers.emplace_back([&, id, seed] { worker(mp, main_t, "main", id, seed, stop_at, o.pause_ms, abort); });
+                    workers.emplace_back(
+                        [&, id, seed] { worker(mp, main_t, "main", id, seed, stop_at, o.pause_ms, abort); });
                 else
                     workers.emplace_back(
                         [&, id, seed] { worker(bp, bouncer_t, "PgBouncer", id, seed, stop_at, o.pause_ms, abort); });
@@ -875,7 +881,8 @@ int soak(const options& o, std::size_t fds_before, long rss_start) {
                 server = server_backends_named(ep, ep.main_app);
                 return s.in_use == 0 && s.opening == 0 && server <= static_cast<int>(s.size);
             });
-            say("settled: main pool %s, server %d backends named %s", show_stats(s).c_str(), server, ep.main_app.c_str());
+            say("settled: main pool %s, server %d backends named %s", show_stats(s).c_str(), server,
+                ep.main_app.c_str());
             v.check(no_more, "the server has more backends of the main pool (" + std::to_string(server) +
                                  ") than the pool has connections: " + show_stats(s));
             const auto validation_failed_before = mp.observer().count(pqpool::event::validation_failed);
@@ -901,8 +908,8 @@ int soak(const options& o, std::size_t fds_before, long rss_start) {
                 "server %d, connector: %" PRIu64 " open",
                 replaced, show_stats(s).c_str(), server, main_counts->opened.load() - main_counts->gone());
             v.check(agree, "the main pool (" + show_stats(s) + "), the server (" + std::to_string(server) +
-                               ") and the connector (" + std::to_string(main_counts->opened.load() - main_counts->gone()) +
-                               " open) disagree");
+                               ") and the connector (" +
+                               std::to_string(main_counts->opened.load() - main_counts->gone()) + " open) disagree");
 
             // A caller that got a returned connection while it waited out a connect's backoff
             // leaves that connect parked (stats().opening, no socket yet): maintain() goes on
@@ -946,7 +953,8 @@ int soak(const options& o, std::size_t fds_before, long rss_start) {
             bouncer_counts->gone());
         v.check(gone, "connections outlive the pools: " + std::to_string(left) + " server backends, " +
                           std::to_string(bleft) + " PgBouncer clients");
-        v.check(main_counts->opened.load() == main_counts->gone() && bouncer_counts->opened.load() == bouncer_counts->gone(),
+        v.check(main_counts->opened.load() == main_counts->gone() &&
+                    bouncer_counts->opened.load() == bouncer_counts->gone(),
                 "the connectors opened more connections than were closed");
     } // the server's settings are reset
 
@@ -968,8 +976,10 @@ int soak(const options& o, std::size_t fds_before, long rss_start) {
         std::lock_guard lock(t->m);
         for (const auto& [kind, n] : t->kinds) say("  failed %" PRIu64 "x: %s", n, kind.c_str());
         for (const auto& [msg, n] : t->losses) {
-            say("  %s pool, an attempt lost its connection and run() retried it, %" PRIu64 "x: %s", name, n, msg.c_str());
-            for (const char* sign : {"bad record mac", "decryption failed", "wrong version number", "unexpected message"})
+            say("  %s pool, an attempt lost its connection and run() retried it, %" PRIu64 "x: %s", name, n,
+                msg.c_str());
+            for (const char* sign :
+                 {"bad record mac", "decryption failed", "wrong version number", "unexpected message"})
                 if (msg.find(sign) != std::string::npos) corrupted += n;
         }
     }
@@ -997,8 +1007,8 @@ int soak(const options& o, std::size_t fds_before, long rss_start) {
     v.check(corrupted == 0, std::to_string(corrupted) + " attempts saw a corrupted TLS stream (retried, but a bug)");
     v.check(ct.child_failures.empty(), std::to_string(ct.child_failures.size()) + " children failed or hung");
     v.check(ct.errors.empty(), std::to_string(ct.errors.size()) + " chaos actions failed (see above)");
-    v.check(fds_after == fds_before, "descriptors leaked: " + std::to_string(fds_before) + " before, " +
-                                         std::to_string(fds_after) + " after");
+    v.check(fds_after == fds_before,
+            "descriptors leaked: " + std::to_string(fds_before) + " before, " + std::to_string(fds_after) + " after");
     if (o.check_rss) {
         const long grown = baseline < 0 ? 0 : late_max - baseline;
         say("RSS check: the largest sample of the second half is %ld KiB above the first tenth's (tolerance %ld MiB)",

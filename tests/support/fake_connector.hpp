@@ -55,7 +55,7 @@ struct fake_connection {
     bool alive = true;          // false: the "server" dropped it (probe and ping fail)
     bool silently_dead = false; // probe passes, ping fails (a dropped network path)
     bool in_transaction = false;
-    bool busy = false;          // a query still running: reset must refuse
+    bool busy = false; // a query still running: reset must refuse
     bool closed = false;
     bool abandoned = false;
     std::atomic<int> leases{0}; // leases holding it right now, as counted by a test (never more than one)
@@ -64,14 +64,14 @@ struct fake_connection {
 // Random faults, for tests that search the state space: each connect attempt,
 // ping and reset draws its fate from one seeded generator.
 struct chaos {
-    double transient = 0;   // probability that a connect fails transiently
-    double permanent = 0;   // ... permanently
-    double reset_fails = 0; // probability that a reset refuses the connection
+    double transient = 0;                           // probability that a connect fails transiently
+    double permanent = 0;                           // ... permanently
+    double reset_fails = 0;                         // probability that a reset refuses the connection
     std::chrono::microseconds max_connect_delay{0}; // uniform in [0, this]
     std::chrono::microseconds max_ping_delay{0};
-    std::chrono::microseconds max_busy_close{0};    // closing a busy connection (a cancel) takes up to this
-    double slow = 0;                                // probability that a connect or a ping takes slow_delay more
-    std::chrono::milliseconds slow_delay{0};        // (a stalled server: far longer than the callers' waits)
+    std::chrono::microseconds max_busy_close{0}; // closing a busy connection (a cancel) takes up to this
+    double slow = 0;                             // probability that a connect or a ping takes slow_delay more
+    std::chrono::milliseconds slow_delay{0};     // (a stalled server: far longer than the callers' waits)
 };
 
 // What a connect attempt should do.
@@ -84,17 +84,17 @@ struct fault {
 struct fake_server {
     std::mutex m;
     std::vector<std::unique_ptr<fake_connection>> connections;
-    std::deque<fault> faults; // consumed by connect attempts, in order
+    std::deque<fault> faults;                   // consumed by connect attempts, in order
     std::chrono::milliseconds connect_delay{0}; // how long a connect takes (real time; manual time is advanced)
     std::chrono::milliseconds ping_delay{0};    // how long a ping's answer takes (real clock only)
     int connects = 0, attempts = 0, closes = 0, abandons = 0, resets = 0, misuse = 0;
     std::atomic<int> started{0}; // connect attempts begun (atomic: tests wait for it)
-    int discards = 0; // closes of connections given up on inside an acquire (counted in closes too)
+    int discards = 0;            // closes of connections given up on inside an acquire (counted in closes too)
     int cancelled = 0, abandoned_attempts = 0; // connect attempts given up, dropped after fork
-    int in_flight = 0, max_in_flight = 0; // connects under way at once (parked ones included)
+    int in_flight = 0, max_in_flight = 0;      // connects under way at once (parked ones included)
     std::atomic<int> probes{0}, pings{0};
     int max_open_or_opening = 0; // the most connections open plus connects under way at any instant
-    std::optional<chaos> random;  // when set, faults are drawn at random (the queue comes first)
+    std::optional<chaos> random; // when set, faults are drawn at random (the queue comes first)
     std::mt19937_64 rng{1};
 
     // Under m.

@@ -73,8 +73,10 @@ inline void nft(const std::string& script) {
     std::string output;
     char buf[512];
     for (ssize_t n; (n = ::read(out[0], buf, sizeof buf)) != 0;) { // EOF when nft exits
-        if (n > 0) output.append(buf, static_cast<std::size_t>(n));
-        else if (errno != EINTR) break;
+        if (n > 0)
+            output.append(buf, static_cast<std::size_t>(n));
+        else if (errno != EINTR)
+            break;
     }
     ::close(out[0]);
     int status = 0;
@@ -133,8 +135,8 @@ inline void drop_port(int port) {
     if (port <= 0 || port > 65535) throw std::invalid_argument("netns: no such port: " + std::to_string(port));
     const std::string t = detail::table, p = std::to_string(port);
     detail::nft("add table " + t + "; add chain " + t +
-                " input { type filter hook input priority 0; policy accept; }; add rule " + t +
-                " input tcp dport " + p + " drop; add rule " + t + " input tcp sport " + p + " drop");
+                " input { type filter hook input priority 0; policy accept; }; add rule " + t + " input tcp dport " +
+                p + " drop; add rule " + t + " input tcp sport " + p + " drop");
 }
 
 // Removes every drop rule; idempotent (one atomic nft batch).

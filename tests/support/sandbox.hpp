@@ -41,8 +41,8 @@ public:
     // TLS with the server certificate checked against the sandbox's root.
     std::string verify_full() const {
         return "host=localhost port=" + var("PQPOOL_TEST_PORT") + " dbname=" + var("PQPOOL_TEST_DBNAME") +
-               " user=" + var("PQPOOL_TEST_USER") + " sslmode=verify-full sslrootcert=" +
-               var("PQPOOL_TEST_SSLROOTCERT");
+               " user=" + var("PQPOOL_TEST_USER") +
+               " sslmode=verify-full sslrootcert=" + var("PQPOOL_TEST_SSLROOTCERT");
     }
     // Plain TCP.
     std::string plain() const { return base() + " sslmode=disable"; }

@@ -56,8 +56,7 @@ std::thread queue_one(Pool& pool, std::atomic<bool>& served, const std::atomic<b
             auto l = pool.acquire_for(5s);
             served = true;
             while (!done) std::this_thread::yield(); // so that the test's own try sees it out, not idle
-        } catch (const timeout_error&) {
-        }
+        } catch (const timeout_error&) {}
     });
     while (pool.stats().waiting == before || !asleep(tid)) std::this_thread::yield();
     return waiter;
@@ -105,8 +104,7 @@ TEMPLATE_LIST_TEST_CASE("waiting policies: idle connections are a stack, the las
     CHECK(pool.acquire().get() == second);
 }
 
-TEST_CASE("concurrency policies: nonsense numbers are config_errors naming the field and the range",
-          "[concurrency]") {
+TEST_CASE("concurrency policies: nonsense numbers are config_errors naming the field and the range", "[concurrency]") {
     auto s = std::make_shared<fake_server>();
     using fifo = null_pool<overflow::fixed, concurrency::mutex>;
     using barging = null_pool<overflow::fixed, concurrency::barging>;
@@ -118,8 +116,9 @@ TEST_CASE("concurrency policies: nonsense numbers are config_errors naming the f
                       Catch::Contains("concurrency::mutex: spin is 1001 µs"));
     CHECK_THROWS_WITH((barging{fake_connector<>{s}, concurrency::barging{.spin = 2ms}}),
                       Catch::Contains("concurrency::barging: spin is 2000 µs"));
-    CHECK_THROWS_WITH((barging{fake_connector<>{s}, concurrency::barging{.patience = -1us}}),
-                      Catch::Contains("concurrency::barging: patience is -1 µs; it must be 0 (never overtaken) or more"));
+    CHECK_THROWS_WITH(
+        (barging{fake_connector<>{s}, concurrency::barging{.patience = -1us}}),
+        Catch::Contains("concurrency::barging: patience is -1 µs; it must be 0 (never overtaken) or more"));
     CHECK_NOTHROW(fifo{fake_connector<>{s}, concurrency::mutex{.spin = 0us}});
     CHECK_NOTHROW(fifo{fake_connector<>{s}, concurrency::mutex{.spin = 1000us}});
     CHECK_NOTHROW(barging{fake_connector<>{s}, concurrency::barging{.patience = std::chrono::hours{24 * 365 * 1000}}});
@@ -157,8 +156,7 @@ TEST_CASE("concurrency::barging: a thread that returns a connection may take it 
 
 // A returned connection nudges the first waiter; without the nudge it would
 // wait until its patience (an hour here) ran out.
-TEST_CASE("concurrency::barging: a connection returned while callers wait reaches the first of them",
-          "[concurrency]") {
+TEST_CASE("concurrency::barging: a connection returned while callers wait reaches the first of them", "[concurrency]") {
     auto s = std::make_shared<fake_server>();
     for (const auto spin : {0us, 1000us}) {
         null_pool<overflow::fixed, concurrency::barging> pool{
@@ -173,8 +171,7 @@ TEST_CASE("concurrency::barging: a connection returned while callers wait reache
                     auto l = pool.acquire_for(10s);
                     ++served;
                     while (served < 2) std::this_thread::yield(); // hold until two are served
-                } catch (const timeout_error&) {
-                }
+                } catch (const timeout_error&) {}
             });
             while (pool.stats().waiting != static_cast<std::size_t>(i + 1)) std::this_thread::yield();
         }
@@ -191,9 +188,8 @@ TEST_CASE("concurrency::barging: a connection returned while callers wait reache
 // at once.
 TEST_CASE("concurrency::barging: a waiter past its patience gets the next connection returned", "[concurrency]") {
     auto s = std::make_shared<fake_server>();
-    null_pool<overflow::fixed, concurrency::barging> pool{fake_connector<>{s},
-                                                           overflow::fixed{.size = 1, .wait = 30s},
-                                                           concurrency::barging{.spin = 0us, .patience = 20ms}};
+    null_pool<overflow::fixed, concurrency::barging> pool{fake_connector<>{s}, overflow::fixed{.size = 1, .wait = 30s},
+                                                          concurrency::barging{.spin = 0us, .patience = 20ms}};
     for (int round = 0; round < 3; ++round) {
         auto held = pool.acquire();
         std::atomic<bool> served{false}, done{false};
@@ -233,8 +229,7 @@ TEST_CASE("detail::pool_lock excludes: counts under the lock from several thread
     lock.unlock();
 }
 
-TEST_CASE("detail::spin_gauge: waiters spin while recent waits were short, and never past the limit",
-          "[concurrency]") {
+TEST_CASE("detail::spin_gauge: waiters spin while recent waits were short, and never past the limit", "[concurrency]") {
     if (std::thread::hardware_concurrency() <= 1) FAIL("this test needs a machine with more than one CPU");
     detail::spin_gauge g;
     CHECK(g.budget(20us) > 0ns);
@@ -254,8 +249,9 @@ enum class slot_state : unsigned char { waiting, served };
 using slot = detail::handoff<slot_state, slot_state::waiting>;
 } // namespace
 
-TEST_CASE("detail::handoff: an outcome reaches a spinning waiter and a sleeping one, and a wait that ends returns locked",
-          "[concurrency]") {
+TEST_CASE(
+    "detail::handoff: an outcome reaches a spinning waiter and a sleeping one, and a wait that ends returns locked",
+    "[concurrency]") {
     detail::pool_lock lock;
     detail::spin_gauge gauge;
     for (const auto spin : {0ns, std::chrono::nanoseconds{1ms}, std::chrono::nanoseconds{200ms}}) {

@@ -210,7 +210,7 @@ TEST_CASE("fork gate: fork() waits for a connect step in flight, and the child m
     REQUIRE(pid >= 0);
     if (pid > 0) forked = true;
     if (pid == 0) {
-        ::alarm(10); // a child that hangs dies of SIGALRM, and the test fails
+        ::alarm(10);                      // a child that hangs dies of SIGALRM, and the test fails
         { detail::fork_gate::step gate; } // would hang if the child inherited a held gate
         ::_exit(0);
     }
@@ -265,8 +265,7 @@ int wait_child(pid_t pid) {
 
 } // namespace
 
-TEST_CASE("fork gate: steps nest, and a thread inside one may fork, even while another thread forks",
-          "[unit][libpq]") {
+TEST_CASE("fork gate: steps nest, and a thread inside one may fork, even while another thread forks", "[unit][libpq]") {
     detail::fork_gate::install();
     const watchdog dog{20s};
     {
@@ -365,16 +364,16 @@ TEST_CASE("connect_failure: which errors on an open connection say its server we
     CHECK(detail::wanted_role_of("") == wanted_role::any);
 
     // A server's state (in hot standby; read-only by default), as libpq's own check reads it.
-    CHECK(detail::role_lost(wanted_role::read_write, true, false, false));  // demoted to a standby
-    CHECK(detail::role_lost(wanted_role::read_write, false, true, false));  // fenced read-only
+    CHECK(detail::role_lost(wanted_role::read_write, true, false, false)); // demoted to a standby
+    CHECK(detail::role_lost(wanted_role::read_write, false, true, false)); // fenced read-only
     CHECK_FALSE(detail::role_lost(wanted_role::read_write, false, false, false));
     CHECK(detail::role_lost(wanted_role::primary, true, false, false));
     CHECK_FALSE(detail::role_lost(wanted_role::primary, false, true, false)); // read-only, but still a primary
-    CHECK(detail::role_lost(wanted_role::standby, false, false, true));      // promoted
+    CHECK(detail::role_lost(wanted_role::standby, false, false, true));       // promoted
     CHECK_FALSE(detail::role_lost(wanted_role::standby, true, true, true));
     CHECK(detail::role_lost(wanted_role::read_only, false, false, false));
     CHECK_FALSE(detail::role_lost(wanted_role::read_only, false, true, false));
-    CHECK(detail::role_lost(wanted_role::prefer_standby, false, false, true)); // its standby was promoted
+    CHECK(detail::role_lost(wanted_role::prefer_standby, false, false, true));        // its standby was promoted
     CHECK_FALSE(detail::role_lost(wanted_role::prefer_standby, false, false, false)); // fell back to a primary
     CHECK_FALSE(detail::role_lost(wanted_role::any, true, true, true));
 }

@@ -40,8 +40,7 @@ bool has(const std::string& text, const std::string& part) { return text.find(pa
 
 } // namespace
 
-TEST_CASE("libpq_connector: values libpq would refuse at every connect are refused when it is built",
-          "[unit][libpq]") {
+TEST_CASE("libpq_connector: values libpq would refuse at every connect are refused when it is built", "[unit][libpq]") {
     struct bad {
         std::string words; // appended to a valid conninfo
         std::string keyword, value, allowed;
@@ -63,8 +62,8 @@ TEST_CASE("libpq_connector: values libpq would refuse at every connect are refus
         {"port=fivefourthreetwo", "port", "\"fivefourthreetwo\"", "1 to 65535"},
         {"ssl_min_protocol_version=TLSv9", "ssl_min_protocol_version", "\"TLSv9\"", "TLSv1.3"},
         {"ssl_max_protocol_version=SSLv3", "ssl_max_protocol_version", "\"SSLv3\"", "TLSv1.3"},
-        {"ssl_min_protocol_version=TLSv1.3 ssl_max_protocol_version=TLSv1.2", "ssl_min_protocol_version",
-         "\"TLSv1.3\"", "at most ssl_max_protocol_version"},
+        {"ssl_min_protocol_version=TLSv1.3 ssl_max_protocol_version=TLSv1.2", "ssl_min_protocol_version", "\"TLSv1.3\"",
+         "at most ssl_max_protocol_version"},
         {"hostaddr=not-an-address", "hostaddr", "\"not-an-address\"", "numeric IPv4 or IPv6"},
     };
     for (const bad& b : cases) {
@@ -99,8 +98,7 @@ TEST_CASE("libpq_options: nonsense timeouts are refused, huge ones mean no limit
     CHECK_NOTHROW(libpq_connector{ci, libpq_options{.connect_timeout = forever, .io_timeout = forever}});
 }
 
-TEST_CASE("libpq_connector: a URI whose password libpq would carve up is refused without quoting it",
-          "[unit][libpq]") {
+TEST_CASE("libpq_connector: a URI whose password libpq would carve up is refused without quoting it", "[unit][libpq]") {
     struct carved {
         std::string uri;
         std::vector<std::string> pieces; // of the password
@@ -125,10 +123,10 @@ TEST_CASE("libpq_connector: a URI whose password libpq would carve up is refused
         CHECK_FALSE(has(msg, "127.0.0.1"));
     }
     SECTION("well-formed URIs are accepted") {
-        for (const std::string uri : {"postgresql://u:Right-Pass%2F42@host/db", "postgresql://u:Pa%40ss-Word-7@h/db",
-                                      "postgresql://u:a?b#c:d&e=f@h:5432/db", "postgresql://host:5432/db?user=a@b",
-                                      "postgresql://[::1]:5432/db", "postgresql://u@h1:5432,h2:5433/db",
-                                      "postgresql:///db?host=/tmp"}) {
+        for (const std::string uri :
+             {"postgresql://u:Right-Pass%2F42@host/db", "postgresql://u:Pa%40ss-Word-7@h/db",
+              "postgresql://u:a?b#c:d&e=f@h:5432/db", "postgresql://host:5432/db?user=a@b",
+              "postgresql://[::1]:5432/db", "postgresql://u@h1:5432,h2:5433/db", "postgresql:///db?host=/tmp"}) {
             CAPTURE(uri);
             CHECK_NOTHROW(libpq_connector{uri});
         }
@@ -141,10 +139,10 @@ TEST_CASE("libpq_connector: a password that libpq reads as part of another value
     // an empty value makes the next word its value; an open quote runs on; a
     // URI's query begun with '&' is part of the database name. The host (or
     // sslmode, or dbname) then held the password, and every message quoted it.
-    for (const std::string conninfo : {"host= password='Kq7/Zw4Vb' dbname=app",
-                                       "host=db sslmode='require password=Kq7Zw4Vb'",
-                                       "host=db application_name='app sslpassword=Kq7Zw4Vb' port=5432",
-                                       "postgresql://db.example/app&password=Kq7Zw4Vb"}) {
+    for (const std::string conninfo :
+         {"host= password='Kq7/Zw4Vb' dbname=app", "host=db sslmode='require password=Kq7Zw4Vb'",
+          "host=db application_name='app sslpassword=Kq7Zw4Vb' port=5432",
+          "postgresql://db.example/app&password=Kq7Zw4Vb"}) {
         const std::string msg = refusal(conninfo);
         CAPTURE(conninfo, msg);
         CHECK(has(msg, "holds a password"));
@@ -179,8 +177,7 @@ TEST_CASE("libpq_connector: a certificate path naming a FIFO does not block the 
     if (pid == 0) {
         try {
             libpq_connector c{"host=db.example sslrootcert=" + fifo};
-        } catch (const config_error&) {
-        }
+        } catch (const config_error&) {}
         ::_exit(0);
     }
     int status = 0;

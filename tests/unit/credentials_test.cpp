@@ -66,7 +66,8 @@ TEST_CASE("credentials: asked once per host tried, with that host, the database 
         CHECK(h.user == "app_user");
         CHECK(h.dbname == "app_user"); // libpq's rule: the database defaults to the user
     }
-    CHECK_THAT(msg, Catch::Contains("host 127.0.0.1 (127.0.0.1):" + p1) && Catch::Contains("host localhost (127.0.0.1):" + p2));
+    CHECK_THAT(msg, Catch::Contains("host 127.0.0.1 (127.0.0.1):" + p1) &&
+                        Catch::Contains("host localhost (127.0.0.1):" + p2));
     CHECK(msg.find("Zt4") == std::string::npos);
     // Each connect asks again.
     connect_failure(c);
@@ -109,9 +110,9 @@ TEST_CASE("credentials: a callable that fails fails the connect with its message
             CHECK_THAT(e.what(), Catch::Contains("the credentials callable failed: vault sealed"));
         }
     }
-    const libpq_connector e{"host=127.0.0.1 port=" + port, {.credentials = [](const connect_host&) -> connect_credentials {
-                                throw config_error("no such secret");
-                            }}};
+    const libpq_connector e{
+        "host=127.0.0.1 port=" + port,
+        {.credentials = [](const connect_host&) -> connect_credentials { throw config_error("no such secret"); }}};
     try {
         e.connect(libpq_connector::clock::now() + 10s);
     } catch (const connect_error& err) {
@@ -137,8 +138,8 @@ TEST_CASE("credentials: what the callable gives replaces the connection string's
                Catch::Contains("the credentials callable gave \"passwrod\", which is not a connection keyword"));
     // What it gives as a password or another secret is scrubbed from libpq's text like a password given in
     // the connection string (here a secret that happens to be a word of libpq's message).
-    const std::string msg = connect_failure(with({.password = "Zp2-pw", .parameters = {{"sslpassword", "refused"},
-                                                                                         {"user", "other_user"}}}));
+    const std::string msg = connect_failure(
+        with({.password = "Zp2-pw", .parameters = {{"sslpassword", "refused"}, {"user", "other_user"}}}));
     CHECK_THAT(msg, Catch::Contains("Connection ***"));
     CHECK(msg.find("refused") == std::string::npos);
     CHECK(msg.find("Zp2") == std::string::npos);
@@ -148,11 +149,12 @@ TEST_CASE("credentials: merging what the callable gave into a host's keywords", 
     const auto& vocab = detail::libpq_vocabulary();
     std::vector<std::string> keywords{"host", "user", "password", "sslmode"}, values{"db", "app", "old", "require"};
     std::vector<std::string> secrets;
-    CHECK_FALSE(detail::merge_credentials({.password = "Zm1-new", .parameters = {{"user", "app_v2"},
-                                                                                 {"sslpassword", "Zm1-key"},
-                                                                                 {"application_name", "x"}}},
-                                          vocab, keywords, values, secrets));
-    CHECK(keywords == std::vector<std::string>{"host", "user", "password", "sslmode", "sslpassword", "application_name"});
+    CHECK_FALSE(detail::merge_credentials(
+        {.password = "Zm1-new",
+         .parameters = {{"user", "app_v2"}, {"sslpassword", "Zm1-key"}, {"application_name", "x"}}},
+        vocab, keywords, values, secrets));
+    CHECK(keywords ==
+          std::vector<std::string>{"host", "user", "password", "sslmode", "sslpassword", "application_name"});
     CHECK(values == std::vector<std::string>{"db", "app_v2", "Zm1-new", "require", "Zm1-key", "x"});
     CHECK(secrets == std::vector<std::string>{"Zm1-new", "Zm1-key"}); // what is scrubbed from messages
     // No password given: the connection string's stays.
@@ -160,8 +162,8 @@ TEST_CASE("credentials: merging what the callable gave into a host's keywords", 
     CHECK(values[2] == "Zm1-new");
     // A refused keyword leaves everything as it was.
     const auto before = values;
-    CHECK(detail::merge_credentials({.password = "Zm1-other", .parameters = {{"port", "1"}}}, vocab, keywords,
-                                    values, secrets)
+    CHECK(detail::merge_credentials({.password = "Zm1-other", .parameters = {{"port", "1"}}}, vocab, keywords, values,
+                                    secrets)
               .value_or("")
               .find("only the connection string may set") != std::string::npos);
     CHECK(values == before);
@@ -174,8 +176,7 @@ TEST_CASE("credentials: a child forked while a parent thread is inside the calla
     std::mutex store;
     std::atomic<bool> inside{false}, forked{false};
     const std::string port = std::to_string(closed_port());
-    const libpq_connector c{"host=127.0.0.1 port=" + port + " user=u",
-                            {.credentials = [&](const connect_host&) {
+    const libpq_connector c{"host=127.0.0.1 port=" + port + " user=u", {.credentials = [&](const connect_host&) {
                                 const std::lock_guard lock(store);
                                 if (!inside.exchange(true)) std::this_thread::sleep_for(300ms);
                                 return connect_credentials{.password = "Zf5-token"};
@@ -211,11 +212,11 @@ TEST_CASE("credentials: the callable's time is the one exception to acquire's bo
     // README, Guarantees: acquire_for(d) returns within d plus a small margin, except for a host-name
     // lookup and the credentials callable, which are not interrupted.
     const std::string port = std::to_string(closed_port());
-    pool<retry::none> p{libpq_connector{"host=127.0.0.1 port=" + port + " user=u",
-                                        {.credentials = [](const connect_host&) {
-                                            std::this_thread::sleep_for(600ms); // a slow secrets store
-                                            return connect_credentials{.password = "Zb8-pw"};
-                                        }}}};
+    pool<retry::none> p{
+        libpq_connector{"host=127.0.0.1 port=" + port + " user=u", {.credentials = [](const connect_host&) {
+                            std::this_thread::sleep_for(600ms); // a slow secrets store
+                            return connect_credentials{.password = "Zb8-pw"};
+                        }}}};
     const auto start = std::chrono::steady_clock::now();
     CHECK_THROWS_AS(p.acquire_for(100ms), error);
     const auto took = std::chrono::steady_clock::now() - start;

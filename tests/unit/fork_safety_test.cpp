@@ -18,24 +18,21 @@ TEMPLATE_TEST_CASE("a child abandons inherited connections and starts afresh", "
     auto s = std::make_shared<fake_server>();
     using p = fake_pool<validation::none, recycling::none, overflow::fixed, TestType, observability::counters>;
     p pool{fake_connector<>{s}, overflow::fixed{.size = 4}};
-    {
-        auto a = pool.acquire(), b = pool.acquire();
-    }
+    { auto a = pool.acquire(), b = pool.acquire(); }
     auto held = pool.acquire(); // taken before the fork, still out in the child
     REQUIRE(pool.stats().idle == 1);
 
     const int code = in_child([&] {
         auto fresh = pool.acquire();
-        if (fresh.get()->id != 2) return 10;                    // a new connection, not an inherited one
-        if (!s->connection(1).abandoned) return 11;             // the idle inherited one: abandoned, no I/O
-        if (s->connection(1).closed) return 12;                 // ... and never closed politely
+        if (fresh.get()->id != 2) return 10;        // a new connection, not an inherited one
+        if (!s->connection(1).abandoned) return 11; // the idle inherited one: abandoned, no I/O
+        if (s->connection(1).closed) return 12;     // ... and never closed politely
         if (pool.observer().count(event::fork_detected) != 1) return 13;
         if (pool.stats().in_use != 1 || pool.stats().idle != 0) return 14; // counts start afresh
         try {
             (void)held.get();
             return 15; // using a pre-fork lease in the child must throw
-        } catch (const closed_error&) {
-        }
+        } catch (const closed_error&) {}
         held.release(); // no I/O: abandoned
         if (!s->connection(0).abandoned || s->connection(0).closed) return 16;
         if (s->misuse != 0) return 17;

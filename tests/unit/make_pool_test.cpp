@@ -35,7 +35,8 @@ TEST_CASE("make_pool's type is pool<...> of the policies passed, in any order", 
     // The conninfo may come as any string type.
     const std::string conninfo = "host=db";
     STATIC_REQUIRE(std::is_same_v<decltype(make_pool(conninfo, overflow::fixed{})), pool<overflow::fixed>>);
-    STATIC_REQUIRE(std::is_same_v<decltype(make_pool(std::string{"host=db"}, overflow::fixed{})), pool<overflow::fixed>>);
+    STATIC_REQUIRE(
+        std::is_same_v<decltype(make_pool(std::string{"host=db"}, overflow::fixed{})), pool<overflow::fixed>>);
     char* mutable_conninfo = nullptr;
     STATIC_REQUIRE(std::is_same_v<decltype(make_pool(mutable_conninfo, overflow::fixed{})), pool<overflow::fixed>>);
     // Const policy objects (from configuration) deduce the same.
@@ -44,12 +45,12 @@ TEST_CASE("make_pool's type is pool<...> of the policies passed, in any order", 
 }
 
 TEST_CASE("make_pool takes a connector object's type as the pool's connector", "[composition][make_pool]") {
-    STATIC_REQUIRE(std::is_same_v<decltype(make_pool(std::declval<libpq_connector>(), overflow::fixed{})),
-                                  pool<overflow::fixed>>);
+    STATIC_REQUIRE(
+        std::is_same_v<decltype(make_pool(std::declval<libpq_connector>(), overflow::fixed{})), pool<overflow::fixed>>);
     STATIC_REQUIRE(std::is_same_v<decltype(make_pool(std::declval<const libpq_connector&>(), overflow::fixed{})),
                                   pool<libpq_connector, overflow::fixed>>);
-    STATIC_REQUIRE(std::is_same_v<decltype(make_pool(fake_connector<>{}, validation::none{})),
-                                  fake_pool<validation::none>>);
+    STATIC_REQUIRE(
+        std::is_same_v<decltype(make_pool(fake_connector<>{}, validation::none{})), fake_pool<validation::none>>);
     STATIC_REQUIRE(std::is_same_v<decltype(make_pool(fake_connector<>{}, validation::none{})),
                                   pool<fake_connector<>, validation::none>>);
 }

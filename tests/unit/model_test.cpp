@@ -113,24 +113,27 @@ Pool make_pool(std::shared_ptr<fake_server> s, std::mt19937_64& rng);
 template <class Pool, class Concurrency>
 Pool bounded_with_limits(std::shared_ptr<fake_server> s, std::mt19937_64& rng, Concurrency concurrency) {
     const std::size_t size = 1 + rng() % 3;
-    return Pool{fake_connector<>{s},
-                overflow::bounded{.size = size, .max_overflow = rng() % 3, .wait = 8ms, .waiters = 1 + rng() % 6},
-                recycling::limits{.max_lifetime = std::chrono::milliseconds{5 + rng() % 50},
-                                  .jitter = std::chrono::milliseconds{rng() % 5},
-                                  .max_uses = rng() % 4,
-                                  .max_idle = std::chrono::milliseconds{rng() % 20},
-                                  .min_idle = rng() % (size + 1)},
-                retry::exponential_backoff{.attempts = 1 + static_cast<unsigned>(rng() % 4), .base = 1ms,
-                                           .cap = 3ms, .connecting = 1 + rng() % 2},
-                concurrency};
+    return Pool{
+        fake_connector<>{s},
+        overflow::bounded{.size = size, .max_overflow = rng() % 3, .wait = 8ms, .waiters = 1 + rng() % 6},
+        recycling::limits{.max_lifetime = std::chrono::milliseconds{5 + rng() % 50},
+                          .jitter = std::chrono::milliseconds{rng() % 5},
+                          .max_uses = rng() % 4,
+                          .max_idle = std::chrono::milliseconds{rng() % 20},
+                          .min_idle = rng() % (size + 1)},
+        retry::exponential_backoff{
+            .attempts = 1 + static_cast<unsigned>(rng() % 4), .base = 1ms, .cap = 3ms, .connecting = 1 + rng() % 2},
+        concurrency};
 }
 // model_c's and model_f's.
 template <class Pool, class Concurrency>
 Pool pass_through_pool(std::shared_ptr<fake_server> s, std::mt19937_64& rng, Concurrency concurrency) {
-    return Pool{fake_connector<>{s}, overflow::pass_through{.max_open = 1 + rng() % 3, .wait = 8ms},
+    return Pool{fake_connector<>{s},
+                overflow::pass_through{.max_open = 1 + rng() % 3, .wait = 8ms},
                 validation::ping_if_idle{.idle_for = 1ms, .timeout = 1s},
                 recycling::limits{.max_lifetime = 0ms, .max_idle = 0ms},
-                retry::exponential_backoff{.attempts = 3, .base = 1ms, .cap = 2ms, .connecting = 1}, concurrency};
+                retry::exponential_backoff{.attempts = 3, .base = 1ms, .cap = 2ms, .connecting = 1},
+                concurrency};
 }
 
 template <>
@@ -149,12 +152,14 @@ model_c make_pool<model_c>(std::shared_ptr<fake_server> s, std::mt19937_64& rng)
 template <>
 model_d make_pool<model_d>(std::shared_ptr<fake_server> s, std::mt19937_64& rng) {
     const std::size_t size = 1 + rng() % 4;
-    return model_d{fake_connector<>{s}, overflow::fixed{.size = size, .wait = 10ms},
-                   validation::ping_if_idle{.idle_for = std::chrono::milliseconds{rng() % 3}, .timeout = 1s},
-                   recycling::limits{.max_lifetime = 0ms, .max_uses = rng() % 3, .min_idle = rng() % (size + 1)},
-                   retry::exponential_backoff{.attempts = 2 + static_cast<unsigned>(rng() % 3), .base = 1ms,
-                                              .cap = 4ms, .connecting = 1 + rng() % 3},
-                   make_fifo(rng)};
+    return model_d{
+        fake_connector<>{s},
+        overflow::fixed{.size = size, .wait = 10ms},
+        validation::ping_if_idle{.idle_for = std::chrono::milliseconds{rng() % 3}, .timeout = 1s},
+        recycling::limits{.max_lifetime = 0ms, .max_uses = rng() % 3, .min_idle = rng() % (size + 1)},
+        retry::exponential_backoff{
+            .attempts = 2 + static_cast<unsigned>(rng() % 3), .base = 1ms, .cap = 4ms, .connecting = 1 + rng() % 3},
+        make_fifo(rng)};
 }
 template <>
 model_e make_pool<model_e>(std::shared_ptr<fake_server> s, std::mt19937_64& rng) {
@@ -170,10 +175,11 @@ model_g make_pool<model_g>(std::shared_ptr<fake_server> s, std::mt19937_64& rng)
     return model_g{fake_connector<>{s}, overflow::bounded{.size = size, .max_overflow = rng() % 3, .wait = 8ms},
                    validation::ping{.timeout = std::chrono::milliseconds{1 + rng() % 5}},
                    recycling::limits{.max_lifetime = std::chrono::milliseconds{5 + rng() % 50},
-                                     .jitter = std::chrono::milliseconds{rng() % 5}, .max_uses = rng() % 4,
+                                     .jitter = std::chrono::milliseconds{rng() % 5},
+                                     .max_uses = rng() % 4,
                                      .min_idle = rng() % (size + 1)},
-                   retry::exponential_backoff{.attempts = 1 + static_cast<unsigned>(rng() % 4), .base = 1ms,
-                                              .cap = 3ms, .connecting = 1}};
+                   retry::exponential_backoff{
+                       .attempts = 1 + static_cast<unsigned>(rng() % 4), .base = 1ms, .cap = 3ms, .connecting = 1}};
 }
 
 // One thread's random program.
@@ -183,7 +189,10 @@ public:
     using lease = typename Pool::lease;
 
     actor(Pool& pool, fake_server& server, violations& v, std::uint64_t seed)
-        : pool_(pool), server_(server), v_(v), rng_(seed) {}
+        : pool_(pool),
+          server_(server),
+          v_(v),
+          rng_(seed) {}
 
     void run_ops(int n) {
         for (int i = 0; i < n; ++i) step();
@@ -320,9 +329,9 @@ private:
             } guard{c};
             ++calls;
             switch (kind) {
-            case 0: return;                                      // succeeds
-            case 1: throw work_failed("the work's own error");   // never retried
-            case 2:                                              // loses its connection once
+            case 0: return;                                    // succeeds
+            case 1: throw work_failed("the work's own error"); // never retried
+            case 2:                                            // loses its connection once
                 if (calls == 1) {
                     server_.kill(c);
                     throw work_failed("server closed the connection unexpectedly");
@@ -454,7 +463,7 @@ void one_run(std::uint64_t seed, std::vector<std::string>& failures) {
         actors.back()->set_max(max_size);
     }
 
-    if (ending == 0) { // every thread finishes; the pool is checked at rest
+    if (ending == 0) {    // every thread finishes; the pool is checked at rest
         if (one_thread) { // its user is this thread, which checks the pool below
             actors[0]->run_ops(ops);
         } else {
@@ -522,7 +531,7 @@ void one_run(std::uint64_t seed, std::vector<std::string>& failures) {
         for (std::size_t tries = 0; all.size() < max_size && tries < 3 * max_size + 10; ++tries) {
             try {
                 all.push_back(p->acquire_for(1s)); // a stalled connect (parked) may take its 400 ms
-            } catch (const error&) { // a connect that failed before the faults were turned off
+            } catch (const error&) {               // a connect that failed before the faults were turned off
             }
         }
         if (all.size() < max_size) v.add("could not fill the pool without faults: " + detail::describe(p->stats()));
@@ -558,8 +567,7 @@ void one_run(std::uint64_t seed, std::vector<std::string>& failures) {
                 }
             });
         }
-        while ((in_work < workers || p->stats().waiting < static_cast<std::size_t>(waiters)) &&
-               steady::now() < give_up)
+        while ((in_work < workers || p->stats().waiting < static_cast<std::size_t>(waiters)) && steady::now() < give_up)
             std::this_thread::yield();
         if (in_work < workers || p->stats().waiting < static_cast<std::size_t>(waiters)) {
             v.add("the threads never got inside: " + detail::describe(p->stats()));
@@ -612,9 +620,9 @@ TEST_CASE("model: random operations and faults keep every invariant", "[model]")
     const auto ms = [](std::chrono::nanoseconds d) {
         return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + " ms";
     };
-    std::cout << "model: " << done << " runs, " << failures.size() << " failures (time at rest / closed / destroyed: "
-              << ms(time_in_ending[0]) << " / " << ms(time_in_ending[1]) << " / " << ms(time_in_ending[2]) << ")"
-              << std::endl;
+    std::cout << "model: " << done << " runs, " << failures.size()
+              << " failures (time at rest / closed / destroyed: " << ms(time_in_ending[0]) << " / "
+              << ms(time_in_ending[1]) << " / " << ms(time_in_ending[2]) << ")" << std::endl;
     for (const auto& f : failures) UNSCOPED_INFO(f);
     CHECK(failures.empty());
     CHECK(done > 0);

@@ -73,7 +73,8 @@ TEST_CASE("log_histogram: buckets tile the durations, and every power of two fro
         const std::uint64_t edge = std::uint64_t{1} << e;
         const std::size_t i = h::bucket_of(edge);
         CHECK(h::upper_edge(i).count() == static_cast<std::int64_t>(edge)); // an edge belongs to the bucket below it
-        if (e < h::max_exponent) CHECK(h::lower_edge(h::bucket_of(edge + 1)).count() == static_cast<std::int64_t>(edge));
+        if (e < h::max_exponent)
+            CHECK(h::lower_edge(h::bucket_of(edge + 1)).count() == static_cast<std::int64_t>(edge));
     }
     CHECK(h::bucket_of(0) == 0);
     CHECK(h::bucket_of(128) == 0);
@@ -123,8 +124,7 @@ TEST_CASE("log_histogram: records from several threads at once are all counted",
 
 // --- what none costs
 
-TEST_CASE("observability::none: no event is built, no field is added, acquire takes no location",
-          "[observability]") {
+TEST_CASE("observability::none: no event is built, no field is added, acquire takes no location", "[observability]") {
     using p = null_pool<overflow::fixed>;
     STATIC_REQUIRE(std::is_same_v<p::observability_policy_type, observability::none>);
     STATIC_REQUIRE(detail::observer_traits<observability::none>::silent);
@@ -169,7 +169,8 @@ TEST_CASE("a sink of a lambda that captures is passed to the constructor and cal
     using lambda_sink = sink<decltype(on_event)>;
     STATIC_REQUIRE_FALSE(std::is_default_constructible_v<lambda_sink>);
     auto s = std::make_shared<fake_server>();
-    null_pool<overflow::fixed, lambda_sink> pool{fake_connector<>{s}, overflow::fixed{.size = 2}, lambda_sink{on_event}};
+    null_pool<overflow::fixed, lambda_sink> pool{fake_connector<>{s}, overflow::fixed{.size = 2},
+                                                 lambda_sink{on_event}};
     {
         auto a = pool.acquire();
         auto b = pool.acquire();
@@ -265,8 +266,8 @@ TEST_CASE("close reasons: lifetime, idle and uses (recycling::limits)", "[observ
     }
     SECTION("idle: trimmed by maintain() after idling too long") {
         recorded_manual<validation::none, recycling::limits, overflow::fixed> pool{
-            fake_connector<manual_clock>{s},
-            recycling::limits{.max_lifetime = 0ms, .jitter = 0ms, .max_idle = 1s}, sink<event_recorder>{r}};
+            fake_connector<manual_clock>{s}, recycling::limits{.max_lifetime = 0ms, .jitter = 0ms, .max_idle = 1s},
+            sink<event_recorder>{r}};
         (void)pool.acquire();
         manual_clock::advance(2s);
         CHECK(pool.maintain().closed == 1);
@@ -288,13 +289,12 @@ TEST_CASE("close reasons: lifetime, idle and uses (recycling::limits)", "[observ
     }
 }
 
-TEST_CASE("close reasons: validation, broken, reset failed, epoch, surplus, pool closed, recycled",
-          "[observability]") {
+TEST_CASE("close reasons: validation, broken, reset failed, epoch, surplus, pool closed, recycled", "[observability]") {
     event_recorder r;
     auto s = std::make_shared<fake_server>();
     SECTION("validation") {
         recorded_manual<validation::probe, recycling::none, overflow::fixed> pool{fake_connector<manual_clock>{s},
-                                                                                 sink<event_recorder>{r}};
+                                                                                  sink<event_recorder>{r}};
         (void)pool.acquire();
         s->kill(&s->connection(0));
         (void)pool.acquire();
@@ -311,7 +311,7 @@ TEST_CASE("close reasons: validation, broken, reset failed, epoch, surplus, pool
     }
     SECTION("reset failed") {
         recorded_manual<validation::none, recycling::limits, overflow::fixed> pool{fake_connector<manual_clock>{s},
-                                                                                 sink<event_recorder>{r}};
+                                                                                   sink<event_recorder>{r}};
         auto l = pool.acquire();
         l.get()->busy = true; // a command still running: the reset refuses it
         l.release();
@@ -353,7 +353,7 @@ TEST_CASE("close reasons: validation, broken, reset failed, epoch, surplus, pool
     }
     SECTION("recycled: a recycling policy that does not say why") {
         recorded_manual<validation::none, one_use, overflow::fixed> pool{fake_connector<manual_clock>{s},
-                                                                          sink<event_recorder>{r}};
+                                                                         sink<event_recorder>{r}};
         (void)pool.acquire();
         CHECK(r.of(event::retired).at(0).reason == close_reason::recycled);
     }
@@ -423,7 +423,7 @@ TEST_CASE("close reasons: fork (the child abandons inherited connections)", "[ob
 TEST_CASE("observability::counters counts each kind of event and each close reason", "[observability]") {
     auto s = std::make_shared<fake_server>();
     null_pool<overflow::fixed, observability::counters> pool{fake_connector<>{s},
-                                                              overflow::fixed{.size = 1, .wait = 1ms}};
+                                                             overflow::fixed{.size = 1, .wait = 1ms}};
     {
         auto l = pool.acquire();
         CHECK_THROWS_AS(pool.acquire(), timeout_error);
@@ -526,8 +526,8 @@ TEST_CASE("observability::combine feeds every member, and one that wants no leas
     STATIC_REQUIRE(obs::has<observability::histograms>);
     STATIC_REQUIRE_FALSE(obs::has<observability::leak_detection>);
     auto s = std::make_shared<fake_server>();
-    null_pool<overflow::fixed, obs> pool{fake_connector<>{s}, obs{observability::counters{}, observability::histograms{},
-                                                                 sink<event_recorder>{rare}}};
+    null_pool<overflow::fixed, obs> pool{
+        fake_connector<>{s}, obs{observability::counters{}, observability::histograms{}, sink<event_recorder>{rare}}};
     for (int i = 0; i < 5; ++i) (void)pool.acquire();
     const auto& o = pool.observer();
     CHECK(o.get<observability::counters>().count(event::acquired) == 5);
@@ -540,7 +540,8 @@ TEST_CASE("observability::combine feeds every member, and one that wants no leas
 
 namespace {
 using leak_obs = combine<observability::leak_detection, sink<lease_recorder>>;
-using leak_pool = manual_pool<validation::none, recycling::none, retry::none, fork_safety::none, overflow::fixed, leak_obs>;
+using leak_pool =
+    manual_pool<validation::none, recycling::none, retry::none, fork_safety::none, overflow::fixed, leak_obs>;
 
 leak_pool make_leak_pool(std::shared_ptr<fake_server> s, const lease_recorder& r, std::chrono::milliseconds threshold,
                          std::size_t size = 2) {
@@ -725,7 +726,7 @@ TEMPLATE_TEST_CASE("leak_detection: the pool destroyed while acquire_for() or tr
                                     obs{observability::leak_detection{.threshold = 1ms}});
     auto held = pool->acquire();
     std::this_thread::sleep_for(5ms); // overdue; the next acquire looks and reports it
-    std::atomic<int> outcome{0};     // 1: closed_error
+    std::atomic<int> outcome{0};      // 1: closed_error
     std::thread t([&] {
         try {
             if constexpr (waits)
@@ -863,19 +864,20 @@ TEST_CASE("prometheus exposition: stats, counters and histograms under OpenTelem
           "[observability][prometheus]") {
     auto s = std::make_shared<fake_server>();
     using obs = combine<observability::counters, observability::histograms>;
-    null_pool<overflow::bounded, obs> pool{fake_connector<>{s}, overflow::bounded{.size = 2, .max_overflow = 3, .wait = 1ms}};
+    null_pool<overflow::bounded, obs> pool{fake_connector<>{s},
+                                           overflow::bounded{.size = 2, .max_overflow = 3, .wait = 1ms}};
     auto held = pool.acquire();
     (void)pool.acquire();
     null_pool<overflow::fixed> other{fake_connector<>{s}, overflow::fixed{.size = 1}};
-    const std::string text =
-        prometheus_exposition().add(pool, "main \"db\"\n").add(other, "other").str();
+    const std::string text = prometheus_exposition().add(pool, "main \"db\"\n").add(other, "other").str();
     INFO(text);
     const std::string main_label = "db_client_connection_pool_name=\"main \\\"db\\\"\\n\"";
     auto has = [&](const std::string& line) { return text.find(line + "\n") != std::string::npos; };
     CHECK(has("# TYPE db_client_connection_count untyped"));
     CHECK(has("db_client_connection_count{" + main_label + ",db_client_connection_state=\"idle\"} 1"));
     CHECK(has("db_client_connection_count{" + main_label + ",db_client_connection_state=\"used\"} 1"));
-    CHECK(has("db_client_connection_count{db_client_connection_pool_name=\"other\",db_client_connection_state=\"idle\"} 0"));
+    CHECK(has(
+        "db_client_connection_count{db_client_connection_pool_name=\"other\",db_client_connection_state=\"idle\"} 0"));
     CHECK(has("db_client_connection_idle_max{" + main_label + "} 2"));
     CHECK(has("db_client_connection_max{" + main_label + "} 5"));
     CHECK(has("db_client_connection_idle_min{" + main_label + "} 0"));
@@ -921,21 +923,23 @@ TEST_CASE("prometheus exposition: a pool name that is not UTF-8 gets U+FFFD for 
         return text.substr(at + head.size(), end - at - head.size());
     };
     const std::string fffd = "\xEF\xBF\xBD";
-    CHECK(max_line("caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x90\x98") == "caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x90\x98"); // é € 🐘
+    CHECK(max_line("caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x90\x98") ==
+          "caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x90\x98"); // é € 🐘
     CHECK(max_line("caf\xE9-latin1") == "caf" + fffd + "-latin1");
-    CHECK(max_line("a\xFF\xFE" "b") == "a" + fffd + fffd + "b");
-    CHECK(max_line("\xC0\xAF") == fffd + fffd);                  // an overlong '/'
-    CHECK(max_line("\xED\xA0\x80") == fffd + fffd + fffd);       // a surrogate (U+D800)
+    CHECK(max_line("a\xFF\xFE"
+                   "b") == "a" + fffd + fffd + "b");
+    CHECK(max_line("\xC0\xAF") == fffd + fffd);                       // an overlong '/'
+    CHECK(max_line("\xED\xA0\x80") == fffd + fffd + fffd);            // a surrogate (U+D800)
     CHECK(max_line("\xF4\x90\x80\x80") == fffd + fffd + fffd + fffd); // above U+10FFFF
-    CHECK(max_line("cut \xE2\x82") == "cut " + fffd + fffd);     // a sequence cut short at the end
-    CHECK(max_line("q\"\\\n\xE9") == "q\\\"\\\\\\n" + fffd);     // escapes still apply
+    CHECK(max_line("cut \xE2\x82") == "cut " + fffd + fffd);          // a sequence cut short at the end
+    CHECK(max_line("q\"\\\n\xE9") == "q\\\"\\\\\\n" + fffd);          // escapes still apply
 }
 
 TEST_CASE("docs/observability.md's first snippet compiles and runs without a server", "[observability]") {
     std::ostringstream out;
     namespace obs = pqpool::observability;
-    using metrics = obs::combine<obs::counters, obs::histograms, obs::leak_detection, obs::tls,
-                                 obs::sink<obs::logfmt_writer>>;
+    using metrics =
+        obs::combine<obs::counters, obs::histograms, obs::leak_detection, obs::tls, obs::sink<obs::logfmt_writer>>;
     pqpool::pool<metrics> pool{"host=db sslmode=require",
                                metrics{obs::counters{}, obs::histograms{}, obs::leak_detection{.threshold = 30s},
                                        obs::tls{}, obs::sink<obs::logfmt_writer>{obs::logfmt_writer{out, "main"}}}};

@@ -20,8 +20,8 @@ thread_local int fail_alloc_in = 0; // the n-th allocation on this thread from n
 void* allocate(std::size_t n, std::size_t align = 0) {
     if (fail_alloc_in > 0 && --fail_alloc_in == 0) throw std::bad_alloc();
     if (n == 0) n = 1;
-    void* p = align > alignof(std::max_align_t) ? std::aligned_alloc(align, (n + align - 1) / align * align)
-                                                : std::malloc(n);
+    void* p =
+        align > alignof(std::max_align_t) ? std::aligned_alloc(align, (n + align - 1) / align * align) : std::malloc(n);
     if (!p) throw std::bad_alloc();
     return p;
 }
@@ -68,17 +68,14 @@ TEST_CASE("maintain() that runs out of memory loses no connection", "[oom][recyc
     using mp = manual_pool<validation::none, recycling::limits, retry::none, fork_safety::none, overflow::fixed>;
     mp pool{fake_connector<manual_clock>{s}, overflow::fixed{.size = 4, .wait = 1s},
             recycling::limits{.max_lifetime = 0ms, .max_idle = 1s}};
-    {
-        auto a = pool.acquire(), b = pool.acquire(), c = pool.acquire();
-    }
+    { auto a = pool.acquire(), b = pool.acquire(), c = pool.acquire(); }
     REQUIRE(pool.stats().idle == 3);
     manual_clock::advance(1h); // all three idle too long
     for (int n = 1; n <= 3; ++n) {
         fail_alloc_in = n; // the n-th allocation of this maintain() fails
         try {
             (void)pool.maintain();
-        } catch (const std::bad_alloc&) {
-        }
+        } catch (const std::bad_alloc&) {}
         fail_alloc_in = 0;
         const pool_stats st = pool.stats();
         CHECK(st.in_use == 0); // no lease is out

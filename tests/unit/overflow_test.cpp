@@ -14,7 +14,8 @@ using namespace pqpool::test;
 
 TEST_CASE("overflow::bounded keeps `size`, closes overflow connections on return", "[overflow]") {
     auto s = std::make_shared<fake_server>();
-    null_pool<overflow::bounded> pool{fake_connector<>{s}, overflow::bounded{.size = 2, .max_overflow = 2, .wait = 20ms}};
+    null_pool<overflow::bounded> pool{fake_connector<>{s},
+                                      overflow::bounded{.size = 2, .max_overflow = 2, .wait = 20ms}};
     std::vector<null_pool<overflow::bounded>::lease> held;
     for (int i = 0; i < 4; ++i) held.push_back(pool.acquire());
     CHECK(pool.stats().overflow == 2);
@@ -155,8 +156,9 @@ TEST_CASE("overflow policies: nonsense numbers are config_errors naming the fiel
                       Catch::Contains("overflow::fixed: size is 0; it must be at least 1"));
     CHECK_THROWS_WITH((null_pool<overflow::fixed>{fake_connector<>{s}, overflow::fixed{.wait = -1ms}}),
                       Catch::Contains("overflow::fixed: wait is -1 ms"));
-    CHECK_THROWS_WITH((null_pool<overflow::bounded>{fake_connector<>{s}, overflow::bounded{.size = 0, .max_overflow = 0}}),
-                      Catch::Contains("size + max_overflow is 0 + 0"));
+    CHECK_THROWS_WITH(
+        (null_pool<overflow::bounded>{fake_connector<>{s}, overflow::bounded{.size = 0, .max_overflow = 0}}),
+        Catch::Contains("size + max_overflow is 0 + 0"));
     CHECK_THROWS_WITH((null_pool<overflow::bounded>{fake_connector<>{s}, overflow::bounded{.wait = -2s}}),
                       Catch::Contains("overflow::bounded: wait is -2000 ms"));
     CHECK_THROWS_WITH((null_pool<overflow::fail_fast>{fake_connector<>{s}, overflow::fail_fast{.size = 0}}),

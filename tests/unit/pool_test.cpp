@@ -182,9 +182,7 @@ TEST_CASE("close() closes idle connections, wakes waiters and refuses new acquir
     auto server = std::make_shared<fake_server>();
     fixed_pool pool{fake_connector<>{server}, overflow::fixed{.size = 2, .wait = 10s}};
     auto a = pool.acquire();
-    {
-        auto b = pool.acquire();
-    }
+    { auto b = pool.acquire(); }
     bool woke_closed = false;
     std::thread waiter([&] {
         auto c = pool.acquire(); // takes nothing: one is idle. Take the idle one first:
@@ -214,7 +212,7 @@ TEST_CASE("a pool destroyed with leases out: leases stay valid, connections clos
     auto b = pool->acquire();
     { auto idle = pool->acquire(); }
     CHECK(server->open() == 3);
-    pool.reset(); // destroys the pool object
+    pool.reset();               // destroys the pool object
     CHECK(server->open() == 2); // the idle one closed at once
     CHECK(a.get() != nullptr);
     a.release();
@@ -268,7 +266,7 @@ TEST_CASE("every member of a moved-from pool is defined: valid() is false, the r
     CHECK_THROWS_AS(a.maintain(), closed_error);
     CHECK_THROWS_AS(a.observer(), closed_error);
     CHECK_THROWS_AS(a.connector(), closed_error);
-    a.close(); // a no-op
+    a.close();                   // a no-op
     fixed_pool c = std::move(a); // moving an empty pool gives an empty pool
     CHECK_FALSE(c.valid());
     a = std::move(b); // assigning a live pool makes it usable again
@@ -288,8 +286,8 @@ TEST_CASE("acquire_for rejects a negative wait with a config_error naming it", "
 // calls: the thread must finish on memory that is still alive (ASan checks)
 // and get closed_error.
 TEST_CASE("a pool destroyed while a thread is inside run(): the work's retry gets closed_error", "[pool][lifetime]") {
-    using run_pool = fake_pool<validation::none, recycling::none, fork_safety::none, overflow::fixed,
-                               retry::exponential_backoff>;
+    using run_pool =
+        fake_pool<validation::none, recycling::none, fork_safety::none, overflow::fixed, retry::exponential_backoff>;
     auto server = std::make_shared<fake_server>();
     auto pool = std::make_unique<run_pool>(fake_connector<>{server}, overflow::fixed{.size = 2, .wait = 5s},
                                            retry::exponential_backoff{.attempts = 5, .base = 1ms, .cap = 1ms});

@@ -53,8 +53,8 @@ std::vector<std::string> botocore_tokens(const std::vector<token_case>& cases) {
         std::ofstream out(input);
         for (const token_case& c : cases)
             out << c.credentials.access_key_id << '\t' << c.credentials.secret_access_key << '\t'
-                << (c.credentials.session_token.empty() ? "-" : c.credentials.session_token) << '\t' << c.region
-                << '\t' << c.host << '\t' << c.port << '\t' << c.user << '\t'
+                << (c.credentials.session_token.empty() ? "-" : c.credentials.session_token) << '\t' << c.region << '\t'
+                << c.host << '\t' << c.port << '\t' << c.user << '\t'
                 << duration_cast<seconds>(c.at.time_since_epoch()).count() << '\n';
     }
     const std::string cmd =
@@ -110,7 +110,8 @@ TEST_CASE("rds_iam_token: byte for byte what botocore's generate_db_auth_token g
     const aws_credentials plain{"AKIDEXAMPLE", example_secret};
     const aws_credentials temporary{"ASIAEXAMPLE", "s3cr/t+key=", "FQoGZXIvYXdzE/session+token=="};
     const std::vector<token_case> cases = {
-        {plain, "eu-west-1", "mydb.cluster-abc.eu-west-1.rds.amazonaws.com", 5432, "iam_user", utc(2024, 3, 5, 14, 7, 9)},
+        {plain, "eu-west-1", "mydb.cluster-abc.eu-west-1.rds.amazonaws.com", 5432, "iam_user",
+         utc(2024, 3, 5, 14, 7, 9)},
         {temporary, "us-east-1", "prod.abc.us-east-1.rds.amazonaws.com", 5432, "app", utc(2023, 12, 31, 23, 59, 59)},
         // Upper case in the host (signed in lower case), HTTPS's own port (left out of the Host header),
         // a user name that needs encoding, the first second of a day.
@@ -136,7 +137,8 @@ TEST_CASE("rds_iam_auth: a token per host and user, cached, signed anew before i
                           ++asked;
                           return creds;
                       },
-                      "eu-west-1", {.refresh_after = minutes{10}, .now = [&] { return now; }}};
+                      "eu-west-1",
+                      {.refresh_after = minutes{10}, .now = [&] { return now; }}};
     const connect_host a{.host = "a.rds.amazonaws.com", .port = "5432", .dbname = "app", .user = "u"};
     const connect_host b{.host = "b.rds.amazonaws.com", .port = "", .dbname = "app", .user = "u"};
 
@@ -154,7 +156,7 @@ TEST_CASE("rds_iam_auth: a token per host and user, cached, signed anew before i
     creds.session_token = "rotated-session"; // the credentials rotated: a token signed with them
     CHECK(auth(a).password == rds_iam_token(creds, "eu-west-1", "a.rds.amazonaws.com", 5432, "u", now));
     CHECK(asked == 6); // asked at each call: rotated credentials are seen at the next connect
-    now -= hours{1}; // the clock went back: no token dated in the future is kept
+    now -= hours{1};   // the clock went back: no token dated in the future is kept
     CHECK(auth(a).password == rds_iam_token(creds, "eu-west-1", "a.rds.amazonaws.com", 5432, "u", now));
 }
 
@@ -222,8 +224,8 @@ TEST_CASE("rds_iam_auth: a child forked while a parent thread asks the credentia
                       },
                       "eu-west-1"};
     const std::string port = std::to_string(test::net::closed_port());
-    pool<retry::none> p{libpq_connector{"host=db.invalid hostaddr=127.0.0.1 port=" + port + " dbname=x user=x",
-                                        {.credentials = auth}}};
+    pool<retry::none> p{
+        libpq_connector{"host=db.invalid hostaddr=127.0.0.1 port=" + port + " dbname=x user=x", {.credentials = auth}}};
     std::thread connecting([&] {
         CHECK_THROWS_AS(p.acquire_for(seconds{5}), connect_error);
         while (!forked) std::this_thread::yield(); // alive at the fork (ThreadSanitizer)
@@ -238,8 +240,7 @@ TEST_CASE("rds_iam_auth: a child forked while a parent thread asks the credentia
         } catch (const connect_error& e) {
             // The token was signed (the cache's lock was free) and the connect was refused.
             ::_exit(std::string(e.what()).find("Connection refused") != std::string::npos ? 0 : 1);
-        } catch (...) {
-        }
+        } catch (...) {}
         ::_exit(2);
     }
     forked = true;

@@ -111,7 +111,7 @@ TEST_CASE("recycling::none keeps connections forever and never resets", "[recycl
     manual_clock::reset();
     auto s = std::make_shared<fake_server>();
     manual_pool<validation::none, recycling::none, overflow::fixed> pool{fake_connector<manual_clock>{s},
-                                                                        overflow::fixed{.size = 1}};
+                                                                         overflow::fixed{.size = 1}};
     { auto l = pool.acquire(); }
     manual_clock::advance(std::chrono::hours{24 * 365});
     CHECK(pool.acquire().get()->id == 0);
@@ -176,8 +176,9 @@ TEST_CASE("a floor above what the overflow policy keeps idle is a config_error, 
         manual_pool<validation::none, recycling::limits, retry::none, fork_safety::none, overflow::pass_through>;
     CHECK_THROWS_WITH((ppool{fake_connector<manual_clock>{s}, recycling::limits{.min_idle = 1}}),
                       Catch::Contains("min_idle = 1") && Catch::Contains("closes every connection on release"));
-    CHECK_THROWS_AS((rpool{fake_connector<manual_clock>{s}, overflow::fixed{.size = 2}, recycling::limits{.min_idle = 3}}),
-                    config_error);
+    CHECK_THROWS_AS(
+        (rpool{fake_connector<manual_clock>{s}, overflow::fixed{.size = 2}, recycling::limits{.min_idle = 3}}),
+        config_error);
     CHECK(s->started == 0);
     // At the edge it is fine.
     bpool ok{fake_connector<manual_clock>{s}, overflow::bounded{.size = 2, .max_overflow = 8},
@@ -196,7 +197,10 @@ TEST_CASE("maintain() with max_uses = 1 opens min_idle connections once, and eac
     CHECK(s->started == 3); // not one more: the connections maintain() opens are unused, so they stay idle
     CHECK(pool.stats().idle == 3);
     CHECK(pool.maintain().opened == 0);
-    { auto l = pool.acquire(); CHECK(l.info().uses == 1); }
+    {
+        auto l = pool.acquire();
+        CHECK(l.info().uses == 1);
+    }
     CHECK(pool.stats().idle == 2); // used once: retired on return
     CHECK(pool.maintain().opened == 1);
     CHECK(s->started == 4);
@@ -242,9 +246,7 @@ TEST_CASE("huge lifetimes and idle limits saturate: they mean 'never', not 'at o
     }
     SECTION("max_idle = milliseconds::max() keeps every idle connection") {
         auto pool = make(s, {.max_lifetime = 0ms, .max_idle = milliseconds::max()}, 3);
-        {
-            auto a = pool.acquire(), b = pool.acquire(), c = pool.acquire();
-        }
+        { auto a = pool.acquire(), b = pool.acquire(), c = pool.acquire(); }
         manual_clock::advance(hours{24 * 365});
         { auto l = pool.acquire(); }
         pool.maintain();
@@ -279,9 +281,7 @@ TEST_CASE("an invalidation retires every connection opened before it, at acquire
                         observability::counters>;
     p pool{fake_connector<>{s}, overflow::fixed{.size = 4, .wait = 1s}};
     auto held = pool.acquire();
-    {
-        auto a = pool.acquire(), b = pool.acquire();
-    }
+    { auto a = pool.acquire(), b = pool.acquire(); }
     REQUIRE(pool.stats().idle == 2);
     CHECK(pool.stats().epoch == 0);
     s->signal_server_gone(); // e.g. a FATAL 57P01 seen on one connection
@@ -311,12 +311,12 @@ TEST_CASE("a connect refused with 57P03 (a server starting or shutting down) inv
     auto held = pool.acquire();
     { auto idle = pool.acquire(); }
     s->fail_next({fault::transient, "57P03"}); // "the database system is shutting down"
-    auto second = pool.acquire(); // the idle one is current: handed out
-    CHECK_THROWS_AS(pool.acquire(), error); // needs a connect, which is refused
+    auto second = pool.acquire();              // the idle one is current: handed out
+    CHECK_THROWS_AS(pool.acquire(), error);    // needs a connect, which is refused
     CHECK(pool.stats().epoch == 1);
     second.release();
     held.release();
-    CHECK(s->open() == 0); // both were opened to the server that went away: retired on return
+    CHECK(s->open() == 0);                     // both were opened to the server that went away: retired on return
     s->fail_next({fault::permanent, "28P01"}); // a wrong password says nothing about the server
     CHECK_THROWS_AS(pool.acquire(), connect_error);
     CHECK(pool.stats().epoch == 1);
@@ -356,9 +356,7 @@ TEST_CASE("one event moves the epoch once: a second connection that saw it, open
     auto s = std::make_shared<fake_server>();
     using p = fake_pool<validation::none, recycling::none, fork_safety::none, fixed_delay, overflow::fixed>;
     p pool{fake_connector<>{s}, overflow::fixed{.size = 3, .wait = 1s}, fixed_delay{.delay = 0ms}};
-    {
-        auto a = pool.acquire(), b = pool.acquire();
-    }
+    { auto a = pool.acquire(), b = pool.acquire(); }
     int outer = 0, inner = 0;
     pool.run([&](fake_connection* x) { // holds one connection of epoch 0
         if (++outer > 1) return;
@@ -366,7 +364,7 @@ TEST_CASE("one event moves the epoch once: a second connection that saw it, open
             if (++inner == 1) y->alive = false;
         });
         CHECK(pool.stats().epoch == 1); // the inner loss moved it; the inner retry opened a connection of epoch 1
-        x->alive = false; // the same failover, seen late by a connection of epoch 0
+        x->alive = false;               // the same failover, seen late by a connection of epoch 0
     });
     CHECK(outer == 2);
     CHECK(inner == 2);

@@ -82,8 +82,8 @@ TEST_CASE("a permanent failure is not retried", "[retry]") {
 TEST_CASE("retries never run past the acquire's deadline", "[retry]") {
     manual_clock::reset();
     auto s = std::make_shared<fake_server>();
-    using fixed_pool = manual_pool<validation::none, recycling::none, fixed_delay, fork_safety::none,
-                                   overflow::fixed, observability::counters>;
+    using fixed_pool = manual_pool<validation::none, recycling::none, fixed_delay, fork_safety::none, overflow::fixed,
+                                   observability::counters>;
     fixed_pool pool{fake_connector<manual_clock>{s}, overflow::fixed{.size = 1, .wait = 1s},
                     fixed_delay{.delay = 10s, .attempts = 100}}; // the first backoff alone outlasts the wait
     s->fail_next({fault::transient, "08001"}, 100);
@@ -109,7 +109,7 @@ TEST_CASE("retry::none makes one attempt", "[retry]") {
 
 TEST_CASE("no reconnect storm: connects in flight are bounded, waiters share the outcome", "[retry]") {
     auto s = std::make_shared<fake_server>();
-    s->connect_delay = 5ms; // so that attempts overlap
+    s->connect_delay = 5ms;                          // so that attempts overlap
     s->fail_next({fault::transient, "08001"}, 1000); // the server is unreachable
     using storm_pool = fake_pool<validation::none, recycling::none, retry::exponential_backoff, fork_safety::none,
                                  overflow::bounded, observability::counters>;
@@ -126,9 +126,9 @@ TEST_CASE("no reconnect storm: connects in flight are bounded, waiters share the
             }
         });
     for (auto& t : threads) t.join();
-    CHECK(failed == 16);              // every caller fails with the server's error, none hangs
-    CHECK(s->max_in_flight <= 2);     // never one attempt per waiting thread
-    CHECK(s->attempts < 16 * 3);      // far fewer than one retry budget per caller
+    CHECK(failed == 16);          // every caller fails with the server's error, none hangs
+    CHECK(s->max_in_flight <= 2); // never one attempt per waiting thread
+    CHECK(s->attempts < 16 * 3);  // far fewer than one retry budget per caller
     CHECK(pool.stats() == pool_stats{});
 }
 
@@ -172,7 +172,7 @@ TEST_CASE("run() retries work whose connection was lost, on a fresh connection",
         return c->id;
     });
     CHECK(calls == 3);
-    CHECK(result == 2); // the third connection
+    CHECK(result == 2);             // the third connection
     CHECK(s->connection(0).closed); // lost connections are closed, not reused
     CHECK(pool.observer().count(event::retry) == 2);
     CHECK(pool.stats().in_use == 0);

@@ -53,9 +53,7 @@ TEST_CASE("acquire_for keeps its wait while every idle connection's ping hangs a
                         overflow::bounded, observability::counters>;
     p pool{fake_connector<>{s}, overflow::bounded{.size = 3, .max_overflow = 0, .wait = 2s},
            validation::ping{.timeout = 5s}};
-    {
-        auto a = pool.acquire(), b = pool.acquire(), c = pool.acquire();
-    }
+    { auto a = pool.acquire(), b = pool.acquire(), c = pool.acquire(); }
     // A frozen path: every idle connection's ping would take 2 s, every connect 3 s.
     for (int i = 0; i < 3; ++i) s->connection(i).silently_dead = true;
     s->ping_delay = 2s;
@@ -76,9 +74,7 @@ TEST_CASE("acquire() keeps the overflow policy's wait, the default policies' rou
     using p = fake_pool<>; // ping_if_idle, limits, bounded, backoff, detect, mutex
     p pool{fake_connector<>{s}, overflow::bounded{.size = 3, .max_overflow = 2, .wait = 400ms},
            validation::ping_if_idle{.idle_for = 0ms, .timeout = 5s}};
-    {
-        auto a = pool.acquire(), b = pool.acquire(), c = pool.acquire();
-    }
+    { auto a = pool.acquire(), b = pool.acquire(), c = pool.acquire(); }
     for (int i = 0; i < 3; ++i) s->connection(i).silently_dead = true;
     s->ping_delay = 5s;
     s->connect_delay = 10s;
@@ -101,8 +97,7 @@ TEST_CASE("a connect cut short by a caller's wait is kept: the next callers go o
     for (int i = 0; i < 100 && !got; ++i) {
         try {
             got = pool.acquire_for(50ms);
-        } catch (const timeout_error&) {
-        }
+        } catch (const timeout_error&) {}
     }
     REQUIRE(got);
     CHECK(s->started == 1); // one handshake, driven by several callers
@@ -144,8 +139,8 @@ TEST_CASE("maintain() warms up a pool whose callers never wait", "[time_bounds]"
 
 TEST_CASE("a caller whose connect fails keeps waiting for a connection others return", "[time_bounds][retry]") {
     auto s = std::make_shared<fake_server>();
-    using p = fake_pool<validation::none, recycling::none, retry::exponential_backoff, fork_safety::none,
-                        overflow::fixed>;
+    using p =
+        fake_pool<validation::none, recycling::none, retry::exponential_backoff, fork_safety::none, overflow::fixed>;
     p pool{fake_connector<>{s}, overflow::fixed{.size = 5, .wait = 5s},
            retry::exponential_backoff{.attempts = 2, .base = 1ms, .cap = 2ms}};
     {
@@ -255,8 +250,7 @@ TEST_CASE("a later caller does not start a connect ahead of a waiter whose conne
     CHECK(std::count(order.begin(), order.end(), 'C') == 1);
 }
 
-TEST_CASE("a caller backing off a failed connect takes a connection that went idle meanwhile",
-          "[time_bounds][retry]") {
+TEST_CASE("a caller backing off a failed connect takes a connection that went idle meanwhile", "[time_bounds][retry]") {
     auto s = std::make_shared<fake_server>();
     using p = fake_pool<validation::none, recycling::none, fixed_delay, fork_safety::none, overflow::fixed>;
     p pool{fake_connector<>{s}, overflow::fixed{.size = 2, .wait = 5s}, fixed_delay{.delay = 1500ms}};
@@ -265,7 +259,7 @@ TEST_CASE("a caller backing off a failed connect takes a connection that went id
     s->fail_next({fault::transient, "08006"}); // C's connect fails after 200 ms, then backs off 1.5 s
     std::thread c([&] { auto l = pool.acquire_for(5s); });
     while (s->started < 2) std::this_thread::yield();
-    a.release(); // nobody waits yet: connection 0 goes idle while C connects
+    a.release();                        // nobody waits yet: connection 0 goes idle while C connects
     std::this_thread::sleep_for(400ms); // C's connect has failed: it takes the idle one rather than back off
     const pool_stats st = pool.stats();
     CHECK_FALSE((st.idle > 0 && st.waiting > 0)); // never a caller in line while a connection is idle
@@ -311,8 +305,7 @@ TEST_CASE("no connect starts after close()", "[time_bounds][lifetime]") {
         std::thread w([&] {
             try {
                 auto l = pool.acquire();
-            } catch (const closed_error&) {
-            }
+            } catch (const closed_error&) {}
         });
         while (pool.stats().waiting == 0) std::this_thread::yield();
         s->kill(held.get());
@@ -350,7 +343,7 @@ TEST_CASE("validation round trips get only the time the acquire has left", "[tim
     p pool{fake_connector<>{s}, overflow::fixed{.size = 1, .wait = 5s},
            validation::ping{.timeout = std::chrono::milliseconds::max()}};
     { auto warm = pool.acquire(); }
-    s->ping_delay = 3s;   // alive, but slow to answer
+    s->ping_delay = 3s;    // alive, but slow to answer
     s->connect_delay = 3s; // and a replacement would be slow too
     const auto took = time_of([&] { CHECK_THROWS_AS(pool.acquire_for(200ms), timeout_error); });
     CHECK(took < 200ms + margin);
@@ -471,8 +464,7 @@ TEST_CASE("logfmt_writer on a stalled stream: callers with a line to write sleep
     // The log's reader stalls: the pipe is full.
     ::fcntl(fds[1], F_SETFL, O_NONBLOCK);
     std::vector<char> junk(4096, 'x');
-    while (::write(fds[1], junk.data(), junk.size()) > 0) {
-    }
+    while (::write(fds[1], junk.data(), junk.size()) > 0) {}
     ::fcntl(fds[1], F_SETFL, 0);
 
     constexpr int threads = 3;
@@ -511,7 +503,7 @@ TEST_CASE("logfmt_writer on a stalled stream: callers with a line to write sleep
     ::close(fds[0]);
     ::close(fds[1]);
     INFO("CPU time of the process during the 1 s stall: " << cpu_during << " s");
-    CHECK(cpu_during < 0.3);          // the callers behind the blocked write sleep; none spins
-    CHECK(during.waiting == 0);       // their waits ended on time; they are in the observer, not in line
+    CHECK(cpu_during < 0.3);    // the callers behind the blocked write sleep; none spins
+    CHECK(during.waiting == 0); // their waits ended on time; they are in the observer, not in line
     CHECK(timed_out == threads);
 }

@@ -53,8 +53,8 @@ TEST_CASE("tls files: valid ones are accepted", "[unit][libpq][tls]") {
     CHECK(refusal(files).empty());
     // A DER key, as libpq also reads it; an encrypted one with its sslpassword.
     CHECK(refusal("sslcert=" + d.file("client.crt") + " sslkey=" + d.write_key_der("client.der", key.get())).empty());
-    CHECK(refusal("sslcert=" + d.file("client.crt") + " sslkey=" +
-                  d.write_key("enc.key", key.get(), 0600, "Zk7-keypass") + " sslpassword=Zk7-keypass")
+    CHECK(refusal("sslcert=" + d.file("client.crt") +
+                  " sslkey=" + d.write_key("enc.key", key.get(), 0600, "Zk7-keypass") + " sslpassword=Zk7-keypass")
               .empty());
     // A bundle with one expired root among valid ones (system bundles have some).
     auto old_key = make_key();
@@ -73,12 +73,13 @@ TEST_CASE("tls files: sslrootcert that is not PEM, expired, or not yet valid", "
                Catch::Contains("sslrootcert file \"" + not_pem + "\" holds no PEM certificate"));
     auto expired = make_cert(k.get(), -30 * day, -2 * day, "expired root");
     const std::string e = d.write_cert("expired.crt", expired.get());
-    CHECK_THAT(refusal("sslrootcert=" + e),
-               Catch::Contains("sslrootcert file \"" + e + "\" holds one certificate, /CN=expired root, which expired on "));
+    CHECK_THAT(
+        refusal("sslrootcert=" + e),
+        Catch::Contains("sslrootcert file \"" + e + "\" holds one certificate, /CN=expired root, which expired on "));
     auto future = make_cert(k.get(), 2 * day, 30 * day, "future root");
     const std::string f = d.write_cert("future.crt", future.get());
-    CHECK_THAT(refusal("sslrootcert=" + f), Catch::Contains("sslrootcert file \"" + f + "\"") &&
-                                                 Catch::Contains("is not valid before "));
+    CHECK_THAT(refusal("sslrootcert=" + f),
+               Catch::Contains("sslrootcert file \"" + f + "\"") && Catch::Contains("is not valid before "));
     // A bundle of only expired ones.
     CHECK_THAT(refusal("sslrootcert=" + d.write_cert("all_old.crt", expired.get(), expired.get())),
                Catch::Contains("holds no certificate valid now (the first, /CN=expired root, expired on "));
@@ -97,8 +98,9 @@ TEST_CASE("tls files: sslcert that is not PEM, expired, or not yet valid", "[uni
                Catch::Contains("sslcert file \"" + e + "\" holds a certificate, /CN=client, which expired on "));
     auto future = make_cert(k.get(), day, 30 * day, "client");
     const std::string f = d.write_cert("future.crt", future.get());
-    CHECK_THAT(refusal("sslcert=" + f + " sslkey=" + key),
-               Catch::Contains("sslcert file \"" + f + "\" holds a certificate, /CN=client, which is not valid before "));
+    CHECK_THAT(
+        refusal("sslcert=" + f + " sslkey=" + key),
+        Catch::Contains("sslcert file \"" + f + "\" holds a certificate, /CN=client, which is not valid before "));
 }
 
 TEST_CASE("tls files: sslkey that matches no certificate, is readable by others, is not a key, or cannot be "
@@ -111,8 +113,9 @@ TEST_CASE("tls files: sslkey that matches no certificate, is readable by others,
 
     const std::string wrong = d.write_key("other.key", other.get());
     CHECK_THAT(refusal("sslcert=" + crt + " sslkey=" + wrong),
-               Catch::Contains("sslkey file \"" + wrong + "\" does not hold the key of the certificate in sslcert file \"" +
-                               crt + "\" (/CN=client)"));
+               Catch::Contains("sslkey file \"" + wrong +
+                               "\" does not hold the key of the certificate in sslcert file \"" + crt +
+                               "\" (/CN=client)"));
 
     // libpq refuses a key file that others may read, or its group may write or run, whoever owns it
     // (here: we do); its group may read it only when root owns it (tests/integration/key_permissions_test.cpp

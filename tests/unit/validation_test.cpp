@@ -93,9 +93,7 @@ TEST_CASE("validation::ping_if_idle pings only after the idle window", "[validat
 TEST_CASE("a failing validation falls through every dead idle connection to a fresh one", "[validation]") {
     auto s = std::make_shared<fake_server>();
     vpool<validation::probe> pool{fake_connector<manual_clock>{s}, overflow::fixed{.size = 3, .wait = 0ms}};
-    {
-        auto a = pool.acquire(), b = pool.acquire(), c = pool.acquire();
-    }
+    { auto a = pool.acquire(), b = pool.acquire(), c = pool.acquire(); }
     for (int i = 0; i < 3; ++i) s->connection(i).alive = false;
     auto l = pool.acquire();
     CHECK(l.get()->alive);
@@ -124,8 +122,7 @@ TEST_CASE("validation policies: nonsense numbers are config_errors naming the fi
     CHECK(s->started == 0);
 }
 
-TEST_CASE("retry::exponential_backoff: nonsense numbers are config_errors, a huge cap saturates",
-          "[retry][config]") {
+TEST_CASE("retry::exponential_backoff: nonsense numbers are config_errors, a huge cap saturates", "[retry][config]") {
     using std::chrono::milliseconds;
     CHECK_THROWS_WITH((retry::exponential_backoff{.attempts = 0}.check()),
                       Catch::Contains("retry::exponential_backoff: attempts is 0; it must be at least 1"));

@@ -64,18 +64,27 @@ struct connector_tag {};
 template <class C>
 concept connector = std::default_initializable<typename C::attempt> && std::movable<typename C::attempt> &&
     requires(C& c, typename C::handle h, typename C::attempt& a, typename C::clock::time_point deadline) {
-        requires std::same_as<typename C::category, connector_tag>;
-        requires std::chrono::is_clock_v<typename C::clock>;
-        { c.continue_connect(a, deadline) } -> std::same_as<typename C::handle>;
-        { c.cancel_connect(a) } noexcept;
-        { c.abandon_connect(a) } noexcept;
-        { c.close(h) } noexcept;
-        { c.discard(h) } noexcept;
-        { c.abandon(h) } noexcept;
-        { c.probe(h) } noexcept -> std::same_as<bool>;
-        { c.broken(h) } noexcept -> std::same_as<bool>;
-        { c.ping(h, deadline) } noexcept -> std::same_as<bool>;
-        { c.reset(h, true) } noexcept -> std::same_as<bool>;
-    };
+    requires std::same_as<typename C::category, connector_tag>;
+    requires std::chrono::is_clock_v<typename C::clock>;
+    { c.continue_connect(a, deadline) } -> std::same_as<typename C::handle>;
+    { c.cancel_connect(a) }
+    noexcept;
+    { c.abandon_connect(a) }
+    noexcept;
+    { c.close(h) }
+    noexcept;
+    { c.discard(h) }
+    noexcept;
+    { c.abandon(h) }
+    noexcept;
+    { c.probe(h) }
+    noexcept->std::same_as<bool>;
+    { c.broken(h) }
+    noexcept->std::same_as<bool>;
+    { c.ping(h, deadline) }
+    noexcept->std::same_as<bool>;
+    { c.reset(h, true) }
+    noexcept->std::same_as<bool>;
+};
 
 } // namespace pqpool

@@ -126,10 +126,10 @@ struct libpq_attempt_state {
     ino_t inode = 0;
     bool parked = false;
     time_point parked_at;
-    std::vector<refusal> refusals;     // one per host tried
-    std::vector<std::string> secrets;  // what the credentials callable supplied for the current host
-    bool password_supplied = false;    // ...and whether a password was among it
-    std::string sqlstate;              // of the last server that answered
+    std::vector<refusal> refusals;    // one per host tried
+    std::vector<std::string> secrets; // what the credentials callable supplied for the current host
+    bool password_supplied = false;   // ...and whether a password was among it
+    std::string sqlstate;             // of the last server that answered
     bool transient = false;
 
     libpq_attempt_state() = default;
@@ -425,8 +425,7 @@ private:
     }
 
     [[noreturn]] void fail_connect(const std::string& what, std::string sqlstate, bool transient) const {
-        throw connect_error("pqpool: cannot connect to " + description_ + ": " + what, std::move(sqlstate),
-                            transient);
+        throw connect_error("pqpool: cannot connect to " + description_ + ": " + what, std::move(sqlstate), transient);
     }
     std::string scrubbed(const state& s, std::string text) const {
         if (!s.secrets.empty()) {
@@ -465,7 +464,7 @@ private:
     detail::wanted_role role_ = detail::wanted_role::any; // target_session_attrs
     std::string user_, dbname_;                           // as libpq will use them, for the credentials callable
     std::shared_ptr<detail::recent_secrets> supplied_ = std::make_shared<detail::recent_secrets>();
-    std::shared_ptr<detail::epoch_binding> binding_;     // the owning pool's epoch, once bound
+    std::shared_ptr<detail::epoch_binding> binding_; // the owning pool's epoch, once bound
 };
 
 static_assert(connector<libpq_connector>);
@@ -539,13 +538,12 @@ PQPOOL_DECL libpq_connector::libpq_connector(std::string_view conninfo_or_uri, l
 // what it gives into that host's keywords. False when the host is refused
 // (the callable failed, or gave what it may not).
 PQPOOL_DECL bool libpq_connector::fetch_credentials(state& s, std::vector<std::string>& keywords,
-                                               std::vector<std::string>& values) const {
+                                                    std::vector<std::string>& values) const {
     const detail::connect_target& t = plan_[s.target];
     connect_credentials c;
     auto failed = [&](std::string why, std::string sqlstate, bool transient) {
         supplied_->scrub(why);
-        refuse(s, "the credentials callable failed: " + scrubbed(s, std::move(why)), std::move(sqlstate),
-               transient);
+        refuse(s, "the credentials callable failed: " + scrubbed(s, std::move(why)), std::move(sqlstate), transient);
         return false;
     };
     try {
@@ -634,7 +632,7 @@ PQPOOL_DECL void libpq_connector::forgive_parked_time(state& s) const noexcept {
 
 // `ends_attempt`: the server refused; the hosts after it are not tried.
 PQPOOL_DECL void libpq_connector::refuse(state& s, std::string why, std::string sqlstate, bool transient,
-                                    bool ends_attempt) const {
+                                         bool ends_attempt) const {
     s.refusals.push_back({plan_[s.target].label, std::move(why)});
     if (!sqlstate.empty()) s.sqlstate = std::move(sqlstate);
     s.transient = s.transient || transient;
@@ -853,8 +851,7 @@ PQPOOL_DECL bool libpq_connector::reset(handle h, bool discard_all) const noexce
         return PQstatus(h) == CONNECTION_OK ? false : lost(h);
     };
     switch (PQtransactionStatus(h)) {
-    case PQTRANS_IDLE:
-        break;
+    case PQTRANS_IDLE: break;
     case PQTRANS_INTRANS:
     case PQTRANS_INERROR:
         if (!run("ROLLBACK")) return false;
@@ -876,8 +873,8 @@ PQPOOL_DECL bool libpq_connector::reset(handle h, bool discard_all) const noexce
 // server's, the role's or the database's setting, not this session's SET).
 // False (close it) when the role no longer fits, which moves the epoch, or
 // when the question failed.
-PQPOOL_DECL bool libpq_connector::confirm_role(handle h, detail::connection_watch& w, clock::time_point deadline) const
-    noexcept {
+PQPOOL_DECL bool libpq_connector::confirm_role(handle h, detail::connection_watch& w,
+                                               clock::time_point deadline) const noexcept {
     static constexpr const char* question =
         "SELECT pg_catalog.pg_is_in_recovery(), (SELECT s.reset_val FROM pg_catalog.pg_settings s "
         "WHERE s.name = 'default_transaction_read_only')";

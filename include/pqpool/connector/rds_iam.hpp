@@ -106,11 +106,11 @@ inline std::string rds_iam_token(const aws_credentials& credentials, std::string
         if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
     if (port != 443) host_header += ":" + port_text;
 
-    const std::string canonical_request = "GET\n/\n" + canonical_query + "\nhost:" + host_header +
-                                          "\n\nhost\n" + s4::hex(s4::sha256(""));
-    const std::string signature = s4::hex(s4::hmac_sha256(
-        s4::signing_key(credentials.secret_access_key, date, region, "rds-db"),
-        s4::string_to_sign(amz_date, scope, canonical_request)));
+    const std::string canonical_request =
+        "GET\n/\n" + canonical_query + "\nhost:" + host_header + "\n\nhost\n" + s4::hex(s4::sha256(""));
+    const std::string signature =
+        s4::hex(s4::hmac_sha256(s4::signing_key(credentials.secret_access_key, date, region, "rds-db"),
+                                s4::string_to_sign(amz_date, scope, canonical_request)));
     return std::string(host) + ":" + port_text + "/?" + url_query + "&X-Amz-Signature=" + signature;
 }
 

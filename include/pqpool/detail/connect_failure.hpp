@@ -49,17 +49,17 @@ inline std::string last_sqlstate_in(std::string_view msg) {
 // as transient, which costs retries, never a wrong success.
 inline bool looks_like_configuration_mistake(std::string_view msg) noexcept {
     constexpr std::string_view markers[] = {
-        "certificate",                  // verify failed, host name mismatch, unreadable file, client cert refused
-        "private key",                  // unreadable or world-readable sslkey
-        "does not support SSL",         // sslmode=require against a server without TLS
-        "GSSAPI encryption required",   // gssencmode=require and none possible
-        "invalid ",                     // invalid port number / sslmode value / integer value / response
+        "certificate",                // verify failed, host name mismatch, unreadable file, client cert refused
+        "private key",                // unreadable or world-readable sslkey
+        "does not support SSL",       // sslmode=require against a server without TLS
+        "GSSAPI encryption required", // gssencmode=require and none possible
+        "invalid ",                   // invalid port number / sslmode value / integer value / response
         "could not parse network address",
-        "could not match",              // port count does not match host count
+        "could not match", // port count does not match host count
         "channel binding",
-        "authentication method",        // an authentication method libpq does not support
+        "authentication method", // an authentication method libpq does not support
         "requirepeer",
-        "Name or service not known",    // NXDOMAIN; "Temporary failure in name resolution" stays transient
+        "Name or service not known", // NXDOMAIN; "Temporary failure in name resolution" stays transient
         "No address associated with hostname",
         "unsupported protocol",
     };
@@ -90,8 +90,8 @@ inline libpq_failure parse_connect_failure(std::string_view raw, bool needs_pass
         f.text.pop_back();
     if (f.text.empty()) f.text = "unknown error (libpq gave no message)";
     f.sqlstate = last_sqlstate_in(f.text);
-    f.transient = !needs_password && (f.sqlstate.empty() ? !looks_like_configuration_mistake(f.text)
-                                                         : is_transient_sqlstate(f.sqlstate));
+    f.transient = !needs_password &&
+                  (f.sqlstate.empty() ? !looks_like_configuration_mistake(f.text) : is_transient_sqlstate(f.sqlstate));
     return f;
 }
 

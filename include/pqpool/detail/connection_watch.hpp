@@ -159,11 +159,8 @@ inline int watch_events(PGEventId id, void* info, void*) {
         w->check_role(e->conn);
         break;
     }
-    case PGEVT_CONNDESTROY:
-        delete watch_of(static_cast<PGEventConnDestroy*>(info)->conn);
-        break;
-    default:
-        break;
+    case PGEVT_CONNDESTROY: delete watch_of(static_cast<PGEventConnDestroy*>(info)->conn); break;
+    default: break;
     }
     return 1;
 }
@@ -182,7 +179,8 @@ inline void watch_for_fatal(void* arg, const PGresult* res) {
     const char* severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
     if (severity && (std::strcmp(severity, "FATAL") == 0 || std::strcmp(severity, "PANIC") == 0)) {
         fatal_notice_seen = true;
-        if (auto* w = static_cast<connection_watch*>(arg)) w->saw_error(PQresultErrorField(res, PG_DIAG_SQLSTATE), severity);
+        if (auto* w = static_cast<connection_watch*>(arg))
+            w->saw_error(PQresultErrorField(res, PG_DIAG_SQLSTATE), severity);
     }
     if (PQnoticeReceiver next = default_notice_receiver.load(std::memory_order_relaxed)) next(arg, res);
 }

@@ -283,8 +283,9 @@ inline void check_words_and_integers(const parsed_conninfo& ci) {
     }
     const std::string* lo = ci.get("ssl_min_protocol_version");
     const std::string* hi = ci.get("ssl_max_protocol_version");
-    if (lo && hi && std::find(std::begin(tls_versions), std::end(tls_versions), *lo) >
-                        std::find(std::begin(tls_versions), std::end(tls_versions), *hi))
+    if (lo && hi &&
+        std::find(std::begin(tls_versions), std::end(tls_versions), *lo) >
+            std::find(std::begin(tls_versions), std::end(tls_versions), *hi))
         fail_check("connection string", "ssl_min_protocol_version", quoted(*lo),
                    "at most ssl_max_protocol_version (" + *hi + ")");
     for (const auto& k : integer_keywords) {
@@ -387,10 +388,9 @@ inline std::chrono::milliseconds resolve_connect_timeout(const parsed_conninfo& 
     if (const std::string* v = ci.get("connect_timeout")) from_conninfo = libpq_connect_timeout(*parse_libpq_int(*v));
     if (option) {
         if (from_conninfo && *from_conninfo != *option)
-            throw config_error("pqpool: the connection string's connect_timeout=" + *ci.get("connect_timeout") +
-                               " (" + show_ms(*from_conninfo) +
-                               ") disagrees with libpq_options::connect_timeout (" + show_ms(*option) +
-                               "); set one of them");
+            throw config_error("pqpool: the connection string's connect_timeout=" + *ci.get("connect_timeout") + " (" +
+                               show_ms(*from_conninfo) + ") disagrees with libpq_options::connect_timeout (" +
+                               show_ms(*option) + "); set one of them");
         return *option;
     }
     if (from_conninfo) return *from_conninfo;
@@ -415,8 +415,8 @@ struct conninfo_default {
     std::string_view keyword, value;
 };
 inline constexpr conninfo_default tcp_defaults_list[] = {
-    {"keepalives", "1"},          {"keepalives_idle", "30"},        {"keepalives_interval", "10"},
-    {"keepalives_count", "3"},    {"tcp_user_timeout", "30000"},
+    {"keepalives", "1"},       {"keepalives_idle", "30"},     {"keepalives_interval", "10"},
+    {"keepalives_count", "3"}, {"tcp_user_timeout", "30000"},
 };
 
 // One libpq connection of an attempt: the keywords for PQconnectStartParams,
@@ -487,8 +487,10 @@ inline std::vector<connect_target> plan_connects(const parsed_conninfo& ci, cons
             const std::string h = host.empty() ? std::string() : hosts[i];
             const std::string a = hostaddr.empty() ? std::string() : addrs[i];
             const std::string p = ports.size() == n ? ports[i] : ports.front();
-            for (auto [kw, v] : {std::pair<const char*, const std::string*>{"host", &h}, {"hostaddr", &a},
-                                 {"port", &p}, {"target_session_attrs", &pass}}) {
+            for (auto [kw, v] : {std::pair<const char*, const std::string*>{"host", &h},
+                                 {"hostaddr", &a},
+                                 {"port", &p},
+                                 {"target_session_attrs", &pass}}) {
                 if (v->empty()) continue;
                 t.keywords.emplace_back(kw);
                 t.values.push_back(*v);

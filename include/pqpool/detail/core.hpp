@@ -52,7 +52,9 @@ namespace pqpool::detail {
 
 // A manual clock in unit tests advances instead of sleeping.
 template <class Clock>
-inline constexpr bool sleeps_itself = requires { Clock::sleep_for(std::chrono::nanoseconds{}); };
+inline constexpr bool sleeps_itself = requires {
+    Clock::sleep_for(std::chrono::nanoseconds{});
+};
 
 template <class Clock, class Duration>
 void sleep_for(Duration d) {
@@ -82,10 +84,11 @@ struct lease_link { // a lease out, in the pool's list of them (leak detection)
     bool reported = false;
 };
 template <class Base, class TimePoint, bool Mark, bool Stamp, bool Link>
-struct pool_record : Base,
-                     std::conditional_t<Mark, broken_mark, no_fields<0>>,
-                     std::conditional_t<Stamp, lease_stamp<TimePoint>, no_fields<1>>,
-                     std::conditional_t<Link, lease_link<pool_record<Base, TimePoint, Mark, Stamp, Link>>, no_fields<2>> {};
+struct pool_record
+    : Base,
+      std::conditional_t<Mark, broken_mark, no_fields<0>>,
+      std::conditional_t<Stamp, lease_stamp<TimePoint>, no_fields<1>>,
+      std::conditional_t<Link, lease_link<pool_record<Base, TimePoint, Mark, Stamp, Link>>, no_fields<2>> {};
 
 // The caller's location when leak detection is off: an empty type whose
 // current() is free, so the defaulted argument of acquire() costs nothing.
@@ -94,9 +97,8 @@ struct no_location {
 };
 
 inline std::string describe(const pool_stats& s) {
-    return "size " + std::to_string(s.size) + " (" + std::to_string(s.in_use) + " in use, " +
-           std::to_string(s.idle) + " idle, " + std::to_string(s.opening) + " opening), " +
-           std::to_string(s.waiting) + " waiting";
+    return "size " + std::to_string(s.size) + " (" + std::to_string(s.in_use) + " in use, " + std::to_string(s.idle) +
+           " idle, " + std::to_string(s.opening) + " opening), " + std::to_string(s.waiting) + " waiting";
 }
 
 template <class Connector, class Validation, class Recycling, class Overflow, class Retry, class ForkSafety,
@@ -121,8 +123,8 @@ public:
     using location_type = std::conditional_t<tracks_leaks, pqpool::source_location, no_location>;
     using event_type = pqpool::event_info<handle>;
 
-    using info = pool_record<connection_info<handle, time_point>, time_point, !obs_silent,
-                             times_leases || tracks_leaks, tracks_leaks>;
+    using info = pool_record<connection_info<handle, time_point>, time_point, !obs_silent, times_leases || tracks_leaks,
+                             tracks_leaks>;
 
     pool_core(Connector c, Validation v, Recycling r, Overflow o, Retry rt, ForkSafety f, Concurrency cc,
               Observability ob)
@@ -276,8 +278,7 @@ public:
                 // This caller's connects spent their budget. If no connection
                 // could come back, that error is everybody's; otherwise it
                 // waits for a returned connection until its wait ends.
-                if (r.rethrow || until.wait().count() <= 0 || !Concurrency::can_wait)
-                    std::rethrow_exception(r.error);
+                if (r.rethrow || until.wait().count() <= 0 || !Concurrency::can_wait) std::rethrow_exception(r.error);
                 may_connect = false;
                 continue;
             }
@@ -587,7 +588,7 @@ private:
     // A connector that watches its connections (a FATAL 57P01, a lost
     // connection; on a read-write pool, a server that confirms it turned
     // read-only) moves the epoch itself, from any thread.
-    static constexpr bool binds_epoch = requires(Connector& c, std::atomic<std::uint64_t>* e) { c.bind_epoch(e); };
+    static constexpr bool binds_epoch = requires(Connector & c, std::atomic<std::uint64_t>* e) { c.bind_epoch(e); };
 
     // --- Observability. Every helper is empty for a silent policy (none):
     // no event is built, no clock read, no field written.
@@ -733,8 +734,9 @@ private:
     [[gnu::noinline]] bool claim_leak_look(time_point now, typename clock::duration::rep due) noexcept {
         using duration = typename clock::duration;
         const std::chrono::milliseconds threshold = observer_.leak_threshold();
-        const duration ticks =
-            shorter_than(threshold, duration::max()) ? std::chrono::duration_cast<duration>(threshold) : duration::max();
+        const duration ticks = shorter_than(threshold, duration::max())
+                                   ? std::chrono::duration_cast<duration>(threshold)
+                                   : duration::max();
         const duration interval = std::max(ticks / 8, duration{1});
         const auto next = saturating_add(now, interval).time_since_epoch().count();
         return leaks_.next_look.compare_exchange_strong(due, next, std::memory_order_relaxed);
@@ -820,23 +822,23 @@ private:
     struct chain {
         typename Connector::attempt attempt{};
         std::unique_ptr<info> record = std::make_unique<info>(); // the connection's, once open
-        unsigned failures = 0;    // consecutive failed attempts
-        time_point since = clock::now(); // the current attempt's start
-        time_point not_before{};  // the next attempt waits until then (backoff)
-        chain* next = nullptr;    // in parked_
+        unsigned failures = 0;                                   // consecutive failed attempts
+        time_point since = clock::now();                         // the current attempt's start
+        time_point not_before{};                                 // the next attempt waits until then (backoff)
+        chain* next = nullptr;                                   // in parked_
     };
 
     struct waiter {
         // nudged (barging only): a connection went idle; come and look, still in line.
         enum state_t : unsigned char { waiting, got_connection, got_chain, failed, closed, nudged };
         handoff<state_t, waiting> slot; // the outcome, published under the lock
-        bool starving = false;     // barging: waited past its patience; no longer overtaken
-        bool accepts_chain = true; // false: its own connects failed; it waits for a returned connection
-        bool holds_chain = false;  // waits out the backoff of a chain it drives
-        bool first = false;        // served once before: queued ahead of callers that never were
-        bool fresh = false;        // with got_connection: just opened, needs no validation
+        bool starving = false;          // barging: waited past its patience; no longer overtaken
+        bool accepts_chain = true;      // false: its own connects failed; it waits for a returned connection
+        bool holds_chain = false;       // waits out the backoff of a chain it drives
+        bool first = false;             // served once before: queued ahead of callers that never were
+        bool fresh = false;             // with got_connection: just opened, needs no validation
         info* conn = nullptr;
-        chain* ch = nullptr; // with got_chain; null for a fresh permit
+        chain* ch = nullptr;                        // with got_chain; null for a fresh permit
         std::shared_ptr<const connect_error> error; // with failed: each waiter throws its own copy
         waiter* prev = nullptr;
         waiter* next = nullptr;
@@ -1045,9 +1047,8 @@ private:
         const pool_stats s = snapshot();
         lock.unlock();
         notify(event::exhausted);
-        throw exhausted_error(std::string("pqpool: no connection available without waiting (") + why +
-                                  "): " + describe(s),
-                              s);
+        throw exhausted_error(
+            std::string("pqpool: no connection available without waiting (") + why + "): " + describe(s), s);
     }
 
     // The caller's wait ended. When connects were failing meanwhile, the error
@@ -1333,8 +1334,7 @@ private:
         std::shared_ptr<const connect_error> copy;
         try {
             copy = std::make_shared<const connect_error>(e);
-        } catch (...) {
-        }
+        } catch (...) {}
         std::lock_guard lock(mutex_);
         failing_ = true;
         if (copy) last_failure_ = std::move(copy);
@@ -1403,14 +1403,10 @@ private:
 
     // The release fast path pushes while the stack is below this: within its
     // capacity and what the overflow policy keeps idle; 0 once closed.
-    void set_idle_limit() noexcept {
-        idle_limit_ = closed_ ? 0 : std::min(idle_.capacity(), overflow_.keep_idle());
-    }
+    void set_idle_limit() noexcept { idle_limit_ = closed_ ? 0 : std::min(idle_.capacity(), overflow_.keep_idle()); }
 
     // Room for one more connection, and for one more connect in flight?
-    bool may_open() const noexcept {
-        return size() < overflow_.max_size() && opening_ < retry_.max_connecting();
-    }
+    bool may_open() const noexcept { return size() < overflow_.max_size() && opening_ < retry_.max_connecting(); }
 
     // A slot, a connect permit or a parked chain may be free: give it to the
     // first waiter (those waiting out their own chain's backoff aside). A
@@ -1570,16 +1566,16 @@ private:
     spin_gauge spin_gauge_;
     waiter* nudged_ = nullptr; // barging: the waiter nudged to take an idle connection
     std::size_t in_use_ = 0;
-    std::size_t opening_ = 0;       // chains, parked ones included
-    std::size_t waiting_ = 0;       // callers in line, not yet served
-    std::size_t pins_ = 0;          // threads inside a slow operation
-    std::size_t inherited_ = 0;     // leases taken before a fork, still out in this (child) process
-    chain* parked_ = nullptr;       // connects in progress that no caller drives right now
+    std::size_t opening_ = 0;   // chains, parked ones included
+    std::size_t waiting_ = 0;   // callers in line, not yet served
+    std::size_t pins_ = 0;      // threads inside a slow operation
+    std::size_t inherited_ = 0; // leases taken before a fork, still out in this (child) process
+    chain* parked_ = nullptr;   // connects in progress that no caller drives right now
     std::size_t parked_count_ = 0;
     waiter* head_ = nullptr;
     waiter* tail_ = nullptr;
     std::shared_ptr<const connect_error> last_failure_;
-    bool failing_ = false; // connects have failed since the last success
+    bool failing_ = false;                // connects have failed since the last success
     std::atomic<std::uint64_t> epoch_{0}; // invalidations; a connection of an older one is retired
     std::atomic<std::uint64_t> generation_;
     std::atomic<std::uint64_t> adopting_; // the generation whose takeover has been claimed

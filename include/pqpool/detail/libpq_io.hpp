@@ -56,9 +56,9 @@ inline int wait_for(int fd, short events, io_clock::time_point deadline, bool st
         if (now >= deadline && (strict || !first)) return 0;
         // Rounded up so poll() never wakes before the deadline and spins.
         const long long ms =
-            now >= deadline ? 0
-                            : std::min<long long>(std::chrono::ceil<std::chrono::milliseconds>(deadline - now).count(),
-                                                  INT_MAX);
+            now >= deadline
+                ? 0
+                : std::min<long long>(std::chrono::ceil<std::chrono::milliseconds>(deadline - now).count(), INT_MAX);
         pollfd p{fd, events, 0};
         const int n = ::poll(&p, 1, static_cast<int>(ms));
         if (n > 0) return p.revents;

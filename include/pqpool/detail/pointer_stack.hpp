@@ -20,7 +20,8 @@ public:
     pointer_stack(const pointer_stack&) = delete;
     pointer_stack& operator=(const pointer_stack&) = delete;
     pointer_stack(pointer_stack&& other) noexcept
-        : data_(std::move(other.data_)), size_(std::exchange(other.size_, 0)),
+        : data_(std::move(other.data_)),
+          size_(std::exchange(other.size_, 0)),
           capacity_(std::exchange(other.capacity_, 0)) {}
     pointer_stack& operator=(pointer_stack&& other) noexcept {
         data_ = std::move(other.data_);

@@ -24,11 +24,10 @@ inline std::uint64_t random_u64() noexcept {
     thread_local std::uint64_t state = [] {
         static std::atomic<std::uint64_t> threads{0};
         static thread_local int anchor;
-        const auto ticks = static_cast<std::uint64_t>(
-            std::chrono::high_resolution_clock::now().time_since_epoch().count());
-        const std::uint64_t seed =
-            mix64(ticks) ^ mix64(reinterpret_cast<std::uintptr_t>(&anchor)) ^
-            mix64(threads.fetch_add(1, std::memory_order_relaxed) * 0x9E3779B97F4A7C15ull + 1);
+        const auto ticks =
+            static_cast<std::uint64_t>(std::chrono::high_resolution_clock::now().time_since_epoch().count());
+        const std::uint64_t seed = mix64(ticks) ^ mix64(reinterpret_cast<std::uintptr_t>(&anchor)) ^
+                                   mix64(threads.fetch_add(1, std::memory_order_relaxed) * 0x9E3779B97F4A7C15ull + 1);
         return seed ? seed : 0x2545F4914F6CDD1Dull;
     }();
     // xorshift64*

@@ -190,8 +190,7 @@ inline bool holds_secret_setting(std::string_view value, const conninfo_vocabula
     if (is_uri(value) && !find_secrets(value, vocab).empty()) return true;
     for (const std::string& key : vocab.secret_keywords) {
         for (std::size_t at = value.find(key); at != std::string_view::npos; at = value.find(key, at + 1)) {
-            if (at > 0 && !is_conninfo_space(value[at - 1]) && value[at - 1] != '?' && value[at - 1] != '&')
-                continue;
+            if (at > 0 && !is_conninfo_space(value[at - 1]) && value[at - 1] != '?' && value[at - 1] != '&') continue;
             std::size_t i = at + key.size();
             while (i < value.size() && is_conninfo_space(value[i])) ++i;
             if (i < value.size() && value[i] == '=') return true;

@@ -45,14 +45,14 @@ struct category_of<T, std::void_t<typename T::category>> {
 
 template <class T>
 inline constexpr bool is_option = std::is_same_v<T, std::remove_cvref_t<T>> &&
-    (std::is_same_v<typename category_of<T>::type, connector_tag> ||
-     std::is_same_v<typename category_of<T>::type, validation_tag> ||
-     std::is_same_v<typename category_of<T>::type, recycling_tag> ||
-     std::is_same_v<typename category_of<T>::type, overflow_tag> ||
-     std::is_same_v<typename category_of<T>::type, retry_tag> ||
-     std::is_same_v<typename category_of<T>::type, fork_safety_tag> ||
-     std::is_same_v<typename category_of<T>::type, concurrency_tag> ||
-     std::is_same_v<typename category_of<T>::type, observability_tag>);
+                                  (std::is_same_v<typename category_of<T>::type, connector_tag> ||
+                                   std::is_same_v<typename category_of<T>::type, validation_tag> ||
+                                   std::is_same_v<typename category_of<T>::type, recycling_tag> ||
+                                   std::is_same_v<typename category_of<T>::type, overflow_tag> ||
+                                   std::is_same_v<typename category_of<T>::type, retry_tag> ||
+                                   std::is_same_v<typename category_of<T>::type, fork_safety_tag> ||
+                                   std::is_same_v<typename category_of<T>::type, concurrency_tag> ||
+                                   std::is_same_v<typename category_of<T>::type, observability_tag>);
 
 template <class Tag, class... Options>
 struct in_category {
@@ -137,16 +137,15 @@ struct select {
                   "pqpool::pool: the observability policy does not model pqpool::observability_policy (see "
                   "pqpool/policies/observability.hpp)");
 
-    using type = basic_pool<
-        or_default<connector<connector_t>, connector_t, DefaultConnector>,
-        or_default<validation_policy<validation_t>, validation_t, validation::default_policy>,
-        or_default<recycling_policy<recycling_t>, recycling_t, recycling::default_policy>,
-        or_default<overflow_policy<overflow_t>, overflow_t, overflow::default_policy>,
-        or_default<retry_policy<retry_t>, retry_t, retry::default_policy>,
-        or_default<fork_safety_policy<fork_t>, fork_t, fork_safety::default_policy>,
-        or_default<concurrency_policy<concurrency_t>, concurrency_t, concurrency::default_policy>,
-        or_default<observability_policy<observability_t, typename handle_of<connector_t>::type>, observability_t,
-                   observability::default_policy>>;
+    using type = basic_pool<or_default<connector<connector_t>, connector_t, DefaultConnector>,
+                            or_default<validation_policy<validation_t>, validation_t, validation::default_policy>,
+                            or_default<recycling_policy<recycling_t>, recycling_t, recycling::default_policy>,
+                            or_default<overflow_policy<overflow_t>, overflow_t, overflow::default_policy>,
+                            or_default<retry_policy<retry_t>, retry_t, retry::default_policy>,
+                            or_default<fork_safety_policy<fork_t>, fork_t, fork_safety::default_policy>,
+                            or_default<concurrency_policy<concurrency_t>, concurrency_t, concurrency::default_policy>,
+                            or_default<observability_policy<observability_t, typename handle_of<connector_t>::type>,
+                                       observability_t, observability::default_policy>>;
 };
 
 } // namespace detail

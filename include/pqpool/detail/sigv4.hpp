@@ -49,8 +49,8 @@ inline digest hmac_sha256(std::string_view key, std::string_view data) {
 #if OPENSSL_VERSION_NUMBER >= 0x30000000L
     std::size_t n = 0;
     const bool ok = EVP_Q_mac(nullptr, "HMAC", nullptr, "SHA256", nullptr, key.data(), key.size(),
-                              reinterpret_cast<const unsigned char*>(data.data()), data.size(), out.data(),
-                              out.size(), &n) != nullptr;
+                              reinterpret_cast<const unsigned char*>(data.data()), data.size(), out.data(), out.size(),
+                              &n) != nullptr;
 #else
     unsigned int n = 0;
     const bool ok = HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
@@ -105,7 +105,8 @@ inline std::string amz_date(std::chrono::system_clock::time_point t) {
 }
 
 // "AWS4-HMAC-SHA256\n<amz date>\n<scope>\n<hex SHA-256 of the canonical request>"
-inline std::string string_to_sign(std::string_view amz_date, std::string_view scope, std::string_view canonical_request) {
+inline std::string string_to_sign(std::string_view amz_date, std::string_view scope,
+                                  std::string_view canonical_request) {
     return "AWS4-HMAC-SHA256\n" + std::string(amz_date) + "\n" + std::string(scope) + "\n" +
            hex(sha256(canonical_request));
 }

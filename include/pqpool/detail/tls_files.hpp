@@ -147,8 +147,9 @@ inline std::string date_problem(X509* x) {
         }
     }
     if (certificates == 0)
-        fail("sslrootcert", path, "holds no PEM certificate (\"-----BEGIN CERTIFICATE-----\"); libpq would refuse "
-                                  "every server");
+        fail("sslrootcert", path,
+             "holds no PEM certificate (\"-----BEGIN CERTIFICATE-----\"); libpq would refuse "
+             "every server");
     fail("sslrootcert", path,
          (certificates == 1 ? "holds one certificate, " + first_subject + ", which "
                             : "holds no certificate valid now (the first, " + first_subject + ", ") +
@@ -207,8 +208,7 @@ inline int give_password(char* buf, int size, int, void* u) {
 // key that the connection string's sslpassword (if any) does not open is
 // left to libpq, which reports a wrong one at the connect (null: nothing to
 // match against sslcert).
-[[gnu::cold]] inline pkey_ptr check_key(const std::string& path, const std::string* sslpassword,
-                                        bool password_later) {
+[[gnu::cold]] inline pkey_ptr check_key(const std::string& path, const std::string* sslpassword, bool password_later) {
     check_key_permissions(path);
     const auto bytes = read_regular("sslkey", path);
     if (!bytes) return nullptr;
@@ -249,8 +249,10 @@ inline int give_password(char* buf, int size, int, void* u) {
     if (key_path && !(key_path->find(':') != std::string::npos && ::access(key_path->c_str(), F_OK) != 0))
         key = tls::check_key(*key_path, ci.get("sslpassword"), password_later);
     if (cert && key && X509_check_private_key(cert.get(), key.get()) != 1)
-        throw config_error("pqpool: sslkey file " + quoted(*key_path) + " does not hold the key of the certificate in "
-                           "sslcert file " + quoted(*cert_path) + " (" + tls::subject_of(cert.get()) + ")");
+        throw config_error("pqpool: sslkey file " + quoted(*key_path) +
+                           " does not hold the key of the certificate in "
+                           "sslcert file " +
+                           quoted(*cert_path) + " (" + tls::subject_of(cert.get()) + ")");
 }
 
 } // namespace pqpool::detail

@@ -59,7 +59,9 @@ public:
     logfmt_writer() : logfmt_writer(std::clog) {}
     /// Writes to `os`; `pool_name`, when not empty, goes into every line as `pool=`.
     explicit logfmt_writer(std::ostream& os, std::string pool_name = {})
-        : os_(&os), pool_(std::move(pool_name)), lock_(std::make_shared<detail::fork_aware_lock>()) {}
+        : os_(&os),
+          pool_(std::move(pool_name)),
+          lock_(std::make_shared<detail::fork_aware_lock>()) {}
 
     template <class Handle>
     void operator()(const event_info<Handle>& e) const noexcept {

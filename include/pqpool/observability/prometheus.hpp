@@ -94,9 +94,9 @@ public:
         const auto s = pool.stats();
         const std::string pool_label = label("db_client_connection_pool_name", pool_name);
 
-        family& count = get("db_client_connection_count",
-                            "The number of connections that are currently in state described by the state attribute.",
-                            "untyped");
+        family& count =
+            get("db_client_connection_count",
+                "The number of connections that are currently in state described by the state attribute.", "untyped");
         sample(count, "", pool_label + "," + label("db_client_connection_state", "idle"), s.idle);
         sample(count, "", pool_label + "," + label("db_client_connection_state", "used"), s.in_use);
         sample(get("db_client_connection_idle_max", "The maximum number of idle open connections allowed.", "gauge"),
@@ -218,7 +218,8 @@ private:
         if (b < 0x80) return 1;
         std::size_t n;
         unsigned char lo = 0x80, hi = 0xBF; // the range of the second byte
-        if (b >= 0xC2 && b <= 0xDF) n = 2;
+        if (b >= 0xC2 && b <= 0xDF)
+            n = 2;
         else if (b >= 0xE0 && b <= 0xEF) {
             n = 3;
             if (b == 0xE0) lo = 0xA0;
@@ -284,8 +285,8 @@ private:
             for (const auto& f : t.servers()) {
                 const std::string labels = pool_label + "," + label("server_address", f.server_address) + "," +
                                            label("server_port", f.server_port);
-                sample(get("pqpool_tls_connection_info",
-                           "TLS of the last connection opened to each server (value 1).", "gauge"),
+                sample(get("pqpool_tls_connection_info", "TLS of the last connection opened to each server (value 1).",
+                           "gauge"),
                        "",
                        labels + "," + label("protocol", f.protocol) + "," + label("cipher", f.cipher) + "," +
                            label("library", f.library),

@@ -42,13 +42,13 @@ struct tls_facts {
     /// `system_clock`'s nanoseconds, which end in 2262: a certificate "with no
     /// well-defined expiration date" says 9999-12-31 (RFC 5280, 4.1.2.5).
     std::optional<std::chrono::sys_seconds> certificate_not_after;
-    std::string certificate_subject; ///< The certificate's subject, one line (e.g. "CN=db.example.com").
+    std::string certificate_subject;              ///< The certificate's subject, one line (e.g. "CN=db.example.com").
     std::chrono::system_clock::time_point seen{}; ///< When these were read (the connection's handshake).
 
     /// How long until the certificate expires (negative once it has); empty
     /// without a certificate.
-    std::optional<std::chrono::seconds> certificate_expires_in(
-        std::chrono::system_clock::time_point now = std::chrono::system_clock::now()) const {
+    std::optional<std::chrono::seconds>
+    certificate_expires_in(std::chrono::system_clock::time_point now = std::chrono::system_clock::now()) const {
         if (!certificate_not_after) return std::nullopt;
         return *certificate_not_after - std::chrono::floor<std::chrono::seconds>(now);
     }
@@ -149,8 +149,7 @@ public:
     std::optional<tls_facts> earliest_expiry() const {
         std::optional<tls_facts> first;
         for (auto& f : servers())
-            if (f.certificate_not_after &&
-                (!first || *f.certificate_not_after < *first->certificate_not_after))
+            if (f.certificate_not_after && (!first || *f.certificate_not_after < *first->certificate_not_after))
                 first = f;
         return first;
     }

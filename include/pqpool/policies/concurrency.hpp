@@ -42,13 +42,15 @@ struct concurrency_tag {};
 template <class P>
 concept concurrency_policy = std::same_as<typename P::category, concurrency_tag> && std::default_initializable<P> &&
     requires(typename P::mutex_type& m) {
-        { P::can_wait } -> std::convertible_to<bool>;
-        { P::fifo } -> std::convertible_to<bool>;
-        m.lock();
-        m.unlock();
-    } && (!P::can_wait || requires(const P& p) {
-        { p.max_spin() } -> std::same_as<std::chrono::nanoseconds>;
-    }) && (P::fifo || requires(const P& p) {
+    { P::can_wait } -> std::convertible_to<bool>;
+    { P::fifo } -> std::convertible_to<bool>;
+    m.lock();
+    m.unlock();
+} &&(!P::can_wait ||
+     requires(const P& p) {
+         { p.max_spin() } -> std::same_as<std::chrono::nanoseconds>;
+     }) &&
+    (P::fifo || requires(const P& p) {
         { p.max_patience() } -> std::same_as<std::chrono::nanoseconds>;
     });
 

@@ -40,9 +40,10 @@ struct fork_safety_tag {};
 template <class P>
 concept fork_safety_policy = std::same_as<typename P::category, fork_safety_tag> && std::default_initializable<P> &&
     requires(const P& p) {
-        { P::detects } -> std::convertible_to<bool>;
-        { p.generation() } noexcept -> std::same_as<std::uint64_t>;
-    };
+    { P::detects } -> std::convertible_to<bool>;
+    { p.generation() }
+    noexcept->std::same_as<std::uint64_t>;
+};
 
 namespace detail {
 

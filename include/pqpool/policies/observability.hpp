@@ -76,8 +76,9 @@ struct observability_tag {};
 template <class P, class Handle = void*>
 concept observability_policy = std::same_as<typename P::category, observability_tag> && std::copy_constructible<P> &&
     requires(P& p, const event_info<Handle>& e) {
-        { p.on_event(e) } noexcept;
-    };
+    { p.on_event(e) }
+    noexcept;
+};
 
 namespace detail {
 
@@ -105,9 +106,12 @@ struct observer_traits {
         if constexpr (requires { P::tracks_leaks; }) return static_cast<bool>(P::tracks_leaks);
         return false;
     }();
-    static_assert(!tracks_leaks || requires(const P& p) {
-        { p.leak_threshold() } -> std::same_as<std::chrono::milliseconds>;
-    }, "pqpool: an observability policy that tracks leaks needs 'std::chrono::milliseconds leak_threshold() const'");
+    static_assert(
+        !tracks_leaks ||
+            requires(const P& p) {
+                { p.leak_threshold() } -> std::same_as<std::chrono::milliseconds>;
+            },
+        "pqpool: an observability policy that tracks leaks needs 'std::chrono::milliseconds leak_threshold() const'");
 };
 
 } // namespace detail
@@ -152,9 +156,12 @@ public:
         events_[static_cast<std::size_t>(e.kind)].fetch_add(1, std::memory_order_relaxed);
         if (e.reason != close_reason::none)
             closes_[static_cast<std::size_t>(e.reason)].fetch_add(1, std::memory_order_relaxed);
-        if (e.kind == event::acquired && e.wait) add(wait_ns_, *e.wait);
-        else if (e.kind == event::returned && e.hold) add(hold_ns_, *e.hold);
-        else if (e.kind == event::connected && e.connect_time) add(connect_ns_, *e.connect_time);
+        if (e.kind == event::acquired && e.wait)
+            add(wait_ns_, *e.wait);
+        else if (e.kind == event::returned && e.hold)
+            add(hold_ns_, *e.hold);
+        else if (e.kind == event::connected && e.connect_time)
+            add(connect_ns_, *e.connect_time);
     }
 
     /// How many times `e` happened.
@@ -174,14 +181,17 @@ public:
 
 private:
     template <std::size_t N>
-    static void copy(std::array<std::atomic<std::uint64_t>, N>& to, const std::array<std::atomic<std::uint64_t>, N>& from) noexcept {
-        for (std::size_t i = 0; i < N; ++i) to[i].store(from[i].load(std::memory_order_relaxed), std::memory_order_relaxed);
+    static void copy(std::array<std::atomic<std::uint64_t>, N>& to,
+                     const std::array<std::atomic<std::uint64_t>, N>& from) noexcept {
+        for (std::size_t i = 0; i < N; ++i)
+            to[i].store(from[i].load(std::memory_order_relaxed), std::memory_order_relaxed);
     }
     static void add(std::atomic<std::uint64_t>& sum, std::chrono::nanoseconds d) noexcept {
         sum.fetch_add(d.count() > 0 ? static_cast<std::uint64_t>(d.count()) : 0, std::memory_order_relaxed);
     }
     static std::chrono::nanoseconds load(const std::atomic<std::uint64_t>& sum) noexcept {
-        return std::chrono::nanoseconds{static_cast<std::chrono::nanoseconds::rep>(sum.load(std::memory_order_relaxed))};
+        return std::chrono::nanoseconds{
+            static_cast<std::chrono::nanoseconds::rep>(sum.load(std::memory_order_relaxed))};
     }
 
     std::array<std::atomic<std::uint64_t>, event_count> events_{};
@@ -203,9 +213,12 @@ public:
 
     template <class Handle>
     void on_event(const event_info<Handle>& e) noexcept {
-        if (e.kind == event::acquired && e.wait) wait_.record(*e.wait);
-        else if (e.kind == event::returned && e.hold) hold_.record(*e.hold);
-        else if (e.kind == event::connected && e.connect_time) connect_.record(*e.connect_time);
+        if (e.kind == event::acquired && e.wait)
+            wait_.record(*e.wait);
+        else if (e.kind == event::returned && e.hold)
+            hold_.record(*e.hold);
+        else if (e.kind == event::connected && e.connect_time)
+            connect_.record(*e.connect_time);
     }
 
     /// How long acquires took to get a connection (validation and connects included).
@@ -236,7 +249,8 @@ public:
     static constexpr bool times_leases = detail::observer_traits<F>::times_leases;
     static constexpr bool times_connects = detail::observer_traits<F>::times_connects;
 
-    sink() requires std::default_initializable<F> = default;
+    sink() requires std::default_initializable<F>
+    = default;
     explicit sink(F f) : f_(std::move(f)) {}
 
     template <class Handle>
@@ -307,11 +321,12 @@ public:
     static constexpr bool times_connects = (detail::observer_traits<Ps>::times_connects || ...);
     static constexpr bool tracks_leaks = (detail::observer_traits<Ps>::tracks_leaks || ...);
 
-    combine() requires(std::default_initializable<Ps> && ...) = default;
+    combine() requires(std::default_initializable<Ps>&&...) = default;
     template <class... Given>
-        requires(sizeof...(Given) > 0 && sizeof...(Given) <= sizeof...(Ps) &&
-                 !(sizeof...(Given) == 1 && (std::same_as<std::remove_cvref_t<Given>, combine> && ...)))
-    explicit combine(Given&&... given) : members_(make(std::forward<Given>(given)...)) {}
+    requires(sizeof...(Given) > 0 && sizeof...(Given) <= sizeof...(Ps) &&
+             !(sizeof...(Given) == 1 &&
+               (std::same_as<std::remove_cvref_t<Given>, combine> && ...))) explicit combine(Given&&... given)
+        : members_(make(std::forward<Given>(given)...)) {}
 
     template <class Handle>
     void on_event(const event_info<Handle>& e) noexcept {
@@ -323,9 +338,7 @@ public:
         std::apply([](const auto&... p) { (check_one(p), ...); }, members_);
     }
 
-    std::chrono::milliseconds leak_threshold() const noexcept
-        requires tracks_leaks
-    {
+    std::chrono::milliseconds leak_threshold() const noexcept requires tracks_leaks {
         std::chrono::milliseconds t{0};
         std::apply([&](const auto&... p) { (threshold_of(p, t), ...); }, members_);
         return t;
@@ -333,9 +346,13 @@ public:
 
     /// The member of type `T` (named once among `Ps`).
     template <class T>
-    const T& get() const noexcept { return std::get<T>(members_); }
+    const T& get() const noexcept {
+        return std::get<T>(members_);
+    }
     template <class T>
-    T& get() noexcept { return std::get<T>(members_); }
+    T& get() noexcept {
+        return std::get<T>(members_);
+    }
     /// Whether `T` is a member.
     template <class T>
     static constexpr bool has = (std::same_as<T, Ps> || ...);

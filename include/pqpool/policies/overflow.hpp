@@ -43,11 +43,11 @@ struct overflow_tag {};
 template <class P>
 concept overflow_policy = std::same_as<typename P::category, overflow_tag> && std::default_initializable<P> &&
     requires(const P& p) {
-        { p.max_size() } -> std::same_as<std::size_t>;
-        { p.keep_idle() } -> std::same_as<std::size_t>;
-        { p.timeout() } -> std::same_as<std::chrono::milliseconds>;
-        { p.max_waiters() } -> std::same_as<std::size_t>;
-    };
+    { p.max_size() } -> std::same_as<std::size_t>;
+    { p.keep_idle() } -> std::same_as<std::size_t>;
+    { p.timeout() } -> std::same_as<std::chrono::milliseconds>;
+    { p.max_waiters() } -> std::same_as<std::size_t>;
+};
 
 namespace overflow {
 
@@ -56,9 +56,9 @@ inline constexpr std::size_t unlimited = std::numeric_limits<std::size_t>::max()
 /// A fixed number of connections; callers wait up to `wait` for one.
 struct fixed {
     using category = overflow_tag;
-    std::size_t size = 10;                                           ///< Connections at most, all kept.
-    std::chrono::milliseconds wait{std::chrono::seconds{30}};        ///< Longest wait in `acquire`.
-    std::size_t waiters = unlimited;                                 ///< Callers allowed to wait at once.
+    std::size_t size = 10;                                    ///< Connections at most, all kept.
+    std::chrono::milliseconds wait{std::chrono::seconds{30}}; ///< Longest wait in `acquire`.
+    std::size_t waiters = unlimited;                          ///< Callers allowed to wait at once.
 
     void check() const {
         detail::check_at_least("overflow::fixed", "size", size, 1);
@@ -75,16 +75,15 @@ struct fixed {
 /// `size` others are idle. The default (5 + 10, 30 s).
 struct bounded {
     using category = overflow_tag;
-    std::size_t size = 5;                                            ///< Connections kept idle at most.
-    std::size_t max_overflow = 10;                                   ///< Extra connections under load.
-    std::chrono::milliseconds wait{std::chrono::seconds{30}};        ///< Longest wait in `acquire`.
-    std::size_t waiters = unlimited;                                 ///< Callers allowed to wait at once.
+    std::size_t size = 5;                                     ///< Connections kept idle at most.
+    std::size_t max_overflow = 10;                            ///< Extra connections under load.
+    std::chrono::milliseconds wait{std::chrono::seconds{30}}; ///< Longest wait in `acquire`.
+    std::size_t waiters = unlimited;                          ///< Callers allowed to wait at once.
 
     void check() const {
         if (size + max_overflow == 0 || size + max_overflow < size)
             detail::fail_check("overflow::bounded", "size + max_overflow",
-                               std::to_string(size) + " + " + std::to_string(max_overflow),
-                               "between 1 and SIZE_MAX");
+                               std::to_string(size) + " + " + std::to_string(max_overflow), "between 1 and SIZE_MAX");
         detail::check_non_negative("overflow::bounded", "wait", wait, "never wait");
     }
     std::size_t max_size() const noexcept { return size + max_overflow; }
@@ -99,9 +98,7 @@ struct fail_fast {
     using category = overflow_tag;
     std::size_t size = 10; ///< Connections at most, all kept.
 
-    void check() const {
-        detail::check_at_least("overflow::fail_fast", "size", size, 1);
-    }
+    void check() const { detail::check_at_least("overflow::fail_fast", "size", size, 1); }
     std::size_t max_size() const noexcept { return size; }
     std::size_t keep_idle() const noexcept { return size; }
     std::chrono::milliseconds timeout() const noexcept { return std::chrono::milliseconds{0}; }
@@ -113,9 +110,9 @@ struct fail_fast {
 /// server connections itself. Costs a connect per acquire.
 struct pass_through {
     using category = overflow_tag;
-    std::size_t max_open = unlimited;                                ///< Connections open at once at most.
-    std::chrono::milliseconds wait{std::chrono::seconds{30}};        ///< Longest wait when `max_open` are open.
-    std::size_t waiters = unlimited;                                 ///< Callers allowed to wait at once.
+    std::size_t max_open = unlimited;                         ///< Connections open at once at most.
+    std::chrono::milliseconds wait{std::chrono::seconds{30}}; ///< Longest wait when `max_open` are open.
+    std::size_t waiters = unlimited;                          ///< Callers allowed to wait at once.
 
     void check() const {
         detail::check_at_least("overflow::pass_through", "max_open", max_open, 1);

@@ -59,13 +59,13 @@ template <class P>
 concept recycling_policy = std::same_as<typename P::category, recycling_tag> && std::default_initializable<P> &&
     requires(const P& p, detail::archetype_connector& c, detail::archetype_info& info,
              detail::archetype_connector::clock::time_point now) {
-        { P::uses_clock } -> std::convertible_to<bool>;
-        p.on_open(info, now);
-        { p.keep_on_acquire(info, now) } -> std::same_as<bool>;
-        { p.keep_on_release(c, info, now) } -> std::same_as<bool>;
-        { p.keep_idle(info, now, std::size_t{}) } -> std::same_as<bool>;
-        { p.idle_floor() } -> std::same_as<std::size_t>;
-    };
+    { P::uses_clock } -> std::convertible_to<bool>;
+    p.on_open(info, now);
+    { p.keep_on_acquire(info, now) } -> std::same_as<bool>;
+    { p.keep_on_release(c, info, now) } -> std::same_as<bool>;
+    { p.keep_idle(info, now, std::size_t{}) } -> std::same_as<bool>;
+    { p.idle_floor() } -> std::same_as<std::size_t>;
+};
 
 namespace recycling {
 
@@ -97,8 +97,8 @@ struct none {
 
 /// How a returned connection is cleaned.
 enum class on_return {
-    keep,        ///< Nothing: the next user inherits whatever state it is in.
-    rollback,    ///< Roll back an open or failed transaction; close one that is busy or in an unknown state.
+    keep,     ///< Nothing: the next user inherits whatever state it is in.
+    rollback, ///< Roll back an open or failed transaction; close one that is busy or in an unknown state.
     discard_all, ///< As `rollback`, then `DISCARD ALL` (drops temp tables, prepared statements, settings): a round trip per release.
 };
 
@@ -174,8 +174,8 @@ struct limits {
         // In milliseconds, and saturating: a lifetime of 1000 years does not
         // fit in nanoseconds and must mean "never", not wrap into the past.
         const auto spread = std::min(effective_jitter(), max_lifetime);
-        info.expires = saturating_add(now, max_lifetime - std::chrono::milliseconds{detail::random_up_to(
-                                                              spread.count())});
+        info.expires =
+            saturating_add(now, max_lifetime - std::chrono::milliseconds{detail::random_up_to(spread.count())});
     }
 
     template <class Info, class TimePoint>

@@ -42,9 +42,9 @@ struct retry_tag {};
 template <class P>
 concept retry_policy = std::same_as<typename P::category, retry_tag> && std::default_initializable<P> &&
     requires(const P& p, unsigned failures) {
-        { p.next_delay(failures) } -> std::same_as<std::optional<std::chrono::nanoseconds>>;
-        { p.max_connecting() } -> std::same_as<std::size_t>;
-    };
+    { p.next_delay(failures) } -> std::same_as<std::optional<std::chrono::nanoseconds>>;
+    { p.max_connecting() } -> std::same_as<std::size_t>;
+};
 
 namespace retry {
 
@@ -62,10 +62,10 @@ struct none {
 /// per pool. The default (5 attempts, 100 ms base, 3 s cap, 2 in flight).
 struct exponential_backoff {
     using category = retry_tag;
-    unsigned attempts = 5;                                   ///< Attempts in all, the first included.
-    std::chrono::milliseconds base{100};                     ///< The first delay's upper bound.
-    std::chrono::milliseconds cap{std::chrono::seconds{3}};  ///< No delay exceeds this.
-    std::size_t connecting = 2;                              ///< Connects in flight at once, per pool.
+    unsigned attempts = 5;                                  ///< Attempts in all, the first included.
+    std::chrono::milliseconds base{100};                    ///< The first delay's upper bound.
+    std::chrono::milliseconds cap{std::chrono::seconds{3}}; ///< No delay exceeds this.
+    std::size_t connecting = 2;                             ///< Connects in flight at once, per pool.
 
     void check() const {
         constexpr std::string_view where = "retry::exponential_backoff";

@@ -42,11 +42,10 @@ struct validation_tag {};
 template <class P>
 concept validation_policy = std::same_as<typename P::category, validation_tag> && std::default_initializable<P> &&
     requires(const P& p, detail::archetype_connector& c, const detail::archetype_info& info,
-             detail::archetype_connector::clock::time_point now,
-             deadline<detail::archetype_connector::clock>& until) {
-        { P::uses_clock } -> std::convertible_to<bool>;
-        { p.validate(c, info, now, until) } -> std::same_as<bool>;
-    };
+             detail::archetype_connector::clock::time_point now, deadline<detail::archetype_connector::clock>& until) {
+    { P::uses_clock } -> std::convertible_to<bool>;
+    { p.validate(c, info, now, until) } -> std::same_as<bool>;
+};
 
 namespace validation {
 

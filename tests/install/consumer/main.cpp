@@ -26,8 +26,8 @@ int main() {
     consumer_pool pool{"host=127.0.0.1 port=1 dbname=none connect_timeout=2", pqpool::overflow::fixed{.size = 3}};
     if (pool.stats().size != 0) return 1;
     // The same pool with its type deduced from the policy objects.
-    auto deduced = pqpool::make_pool("host=127.0.0.1 port=1", pqpool::overflow::fixed{.size = 2},
-                                     pqpool::validation::probe{});
+    auto deduced =
+        pqpool::make_pool("host=127.0.0.1 port=1", pqpool::overflow::fixed{.size = 2}, pqpool::validation::probe{});
     static_assert(std::is_same_v<decltype(deduced), consumer_pool>);
     if (deduced.overflow().size != 2) return 1;
     try {
