@@ -39,6 +39,32 @@ TEST_CASE("libpq_connector: close() cancels a running command, so its backend go
     CHECK(server.settled_count(app, 0) == 0);
 }
 
+TEST_CASE("libpq_connector: close() cancels again a command that a first cancel reached too early",
+          "[integration][libpq]") {
+    // A pipeline of two queries, each with its own sync: a cancel stops the
+    // first (a short sleep), and the second starts after it, so a single
+    // cancel would leave it running after the close, as a cancel that reaches
+    // the server before the query does would.
+    const std::string app = unique_name("pqpool_cancel_again");
+    const libpq_connector c = named(sbx().tls(), app);
+    admin server;
+    PGconn* h = c.connect(in(10s));
+    REQUIRE(PQenterPipelineMode(h) == 1);
+    REQUIRE(PQsendQueryParams(h, "SELECT pg_sleep(0.3)", 0, nullptr, nullptr, nullptr, nullptr, 0) == 1);
+    REQUIRE(PQpipelineSync(h) == 1);
+    REQUIRE(PQsendQueryParams(h, "SELECT pg_sleep(60)", 0, nullptr, nullptr, nullptr, nullptr, 0) == 1);
+    REQUIRE(PQpipelineSync(h) == 1);
+    REQUIRE(PQtransactionStatus(h) == PQTRANS_ACTIVE);
+    REQUIRE(server.settled_count(app, 1) == 1);
+    const auto start = clock_type::now();
+    c.close(h);
+    const auto took = clock_type::now() - start;
+    CAPTURE(std::chrono::duration_cast<std::chrono::milliseconds>(took).count());
+    CHECK(took < 3s); // within cancel_timeout (1 s), with a margin for a loaded machine
+    // Without the second cancel the backend would sleep on for a minute.
+    CHECK(server.settled_count(app, 0) == 0);
+}
+
 TEST_CASE("libpq_connector: a cancel that cannot be delivered holds close() no longer than cancel_timeout",
           "[integration][libpq]") {
     // Through a proxy that goes silent: the cancel request's own connection

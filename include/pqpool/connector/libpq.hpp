@@ -285,10 +285,12 @@ public:
     /// Ends the session politely (`PQfinish`: sends Terminate, and a TLS
     /// close_notify). A command still running (`PQtransactionStatus` is
     /// active) is cancelled first, so that it does not run on in the server:
-    /// `PQcancel` on a short-lived thread, waited for at most
+    /// `PQcancel` on a short-lived thread, then the command's end is awaited
+    /// and its results dropped; a cancel that reached the server before the
+    /// command did is sent again every 100 ms; all of it within
     /// `cancel_timeout`. Cost: one write, no wait; with a command running, a
-    /// thread and a TCP connect to the server, up to `cancel_timeout`. A null
-    /// handle is ignored.
+    /// thread and a TCP connect to the server per cancel, up to
+    /// `cancel_timeout`. A null handle is ignored.
     void close(handle h) const noexcept;
 
     /// Ends a session the pool gave up on inside an acquire (it failed
@@ -483,7 +485,7 @@ PQPOOL_DECL void libpq_connector::abandon_connect(attempt& a) const noexcept {
 PQPOOL_DECL void libpq_connector::close(handle h) const noexcept {
     if (!h) return;
     if (PQstatus(h) == CONNECTION_OK && PQtransactionStatus(h) == PQTRANS_ACTIVE)
-        detail::cancel_running(h, options_.cancel_timeout);
+        detail::cancel_and_drain(h, options_.cancel_timeout);
     detail::finish(h);
 }
 

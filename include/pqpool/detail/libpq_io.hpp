@@ -268,18 +268,19 @@ inline std::atomic<int>& cancels_in_flight() noexcept {
 // so it may outlive them all, and the process's static destruction), and the
 // caller waits for it at most `timeout`; a slower cancel finishes (or fails)
 // on its own. At most max_cancels_in_flight at once per process; when they
-// are all taken, or no thread can be made, nothing is cancelled. PQcancel
+// are all taken, or no thread can be made, nothing is cancelled. True when
+// the cancel was delivered (or failed) within `timeout`. PQcancel
 // takes no lock a fork could leave held (no resolver, no TLS in libpq 15).
-inline void cancel_running(PGconn* h, std::chrono::milliseconds timeout) noexcept {
+inline bool cancel_running(PGconn* h, std::chrono::milliseconds timeout) noexcept {
     std::atomic<int>& in_flight = cancels_in_flight();
     if (in_flight.fetch_add(1, std::memory_order_acq_rel) >= max_cancels_in_flight) {
         in_flight.fetch_sub(1, std::memory_order_acq_rel);
-        return;
+        return false;
     }
     PGcancel* cancel = PQgetCancel(h);
     if (!cancel) {
         in_flight.fetch_sub(1, std::memory_order_acq_rel);
-        return;
+        return false;
     }
     struct done_flag {
         std::mutex m;
@@ -303,10 +304,44 @@ inline void cancel_running(PGconn* h, std::chrono::milliseconds timeout) noexcep
     } catch (...) {
         PQfreeCancel(cancel);
         in_flight.fetch_sub(1, std::memory_order_acq_rel);
-        return;
+        return false;
     }
     std::unique_lock<std::mutex> lock(flag->m);
-    flag->cv.wait_until(lock, saturating_add(io_clock::now(), timeout), [&] { return flag->done; });
+    return flag->cv.wait_until(lock, saturating_add(io_clock::now(), timeout), [&] { return flag->done; });
+}
+
+// Cancels what `h` runs and waits, `timeout` at most in all, for the command
+// to end, dropping its results. A cancel that reaches the backend before the
+// command does (still on its way, or not yet read: a lease returned right
+// after it sent a query) is ignored by the server, and the command would run
+// on after the close; so while the command has not ended, the cancel is sent
+// again every 100 ms (so too for each query of a pipeline). Returns early
+// when no cancel could be sent, the connection is lost, or a COPY started (it
+// cannot be drained here).
+inline void cancel_and_drain(PGconn* h, std::chrono::milliseconds timeout) noexcept {
+    const auto end = saturating_add(io_clock::now(), timeout);
+    for (;;) {
+        const auto now = io_clock::now();
+        if (now >= end) return;
+        if (!cancel_running(h, std::chrono::ceil<std::chrono::milliseconds>(end - now))) return;
+        const auto look_until = std::min(end, io_clock::now() + std::chrono::milliseconds{100});
+        for (;;) {
+            if (!PQconsumeInput(h)) return;
+            while (!PQisBusy(h)) {
+                PGresult* r = PQgetResult(h);
+                if (!r) {
+                    // The command ended; in pipeline mode, one query of several
+                    // did, and the next one's results are awaited (never spun on).
+                    if (PQpipelineStatus(h) == PQ_PIPELINE_OFF || PQtransactionStatus(h) != PQTRANS_ACTIVE) return;
+                    break;
+                }
+                const ExecStatusType st = PQresultStatus(r);
+                PQclear(r);
+                if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) return;
+            }
+            if (wait_for(PQsocket(h), POLLIN, look_until, true) <= 0) break; // time to cancel again
+        }
+    }
 }
 
 } // namespace pqpool::detail
