@@ -10,7 +10,6 @@
 #include <pqpool/detail/select.hpp>
 
 #include <cstddef>
-#include <cstdlib>
 #include <type_traits>
 #include <utility>
 
@@ -85,14 +84,18 @@ inline constexpr bool takes_each_once = ((takes_policy<Policies, Pool> && occurr
 /// is no policy, fails to compile with the same one-line message as
 /// `pool<…>`. Throws what the pool's constructor throws (`config_error` for
 /// numbers out of range or a bad conninfo).
+// (The return type is deduced, not spelled: clang evaluates a spelled one
+// while it resolves the call, and a failed selection then gives a second
+// error, "no matching function", after the one that says why.)
 template <class ConnectorArg, class... Policies>
-typename detail::deduced_pool<std::remove_cvref_t<ConnectorArg>, Policies...>::type
-make_pool(ConnectorArg&& connector, const Policies&... policies) {
+auto make_pool(ConnectorArg&& connector, const Policies&... policies) {
     using pool_type = typename detail::deduced_pool<std::remove_cvref_t<ConnectorArg>, Policies...>::type;
     if constexpr (detail::takes_each_once<pool_type, Policies...>)
         return pool_type(std::forward<ConnectorArg>(connector), policies...);
     else
-        std::abort(); // never runs: pool_type's selection failed to compile, saying why
+        return static_cast<pool_type*>(nullptr); // never part of a program: the selection failed, saying
+                                                 // why; this line adds no error of its own (pool_type may
+                                                 // even be what the compiler made of the failure)
 }
 
 } // namespace pqpool
