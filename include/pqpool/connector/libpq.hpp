@@ -64,8 +64,9 @@ struct libpq_options {
     std::optional<std::chrono::milliseconds> connect_timeout{};
     /// How long each setup statement, and each `reset`, may take.
     std::chrono::milliseconds io_timeout{std::chrono::seconds{10}};
-    /// How long `close` waits for the cancel of a command still running
-    /// before it closes the connection anyway. A cancel that is never answered
+    /// How long `close` may spend on a command still running (its cancel, and
+    /// the wait for the command to end) before it closes the connection
+    /// anyway. A cancel that is never answered
     /// runs on, on a thread of its own, until the path's keepalives or
     /// `tcp_user_timeout` end it; at most 8 do per process, and past them a
     /// connection is closed without a cancel.
@@ -286,11 +287,15 @@ public:
     /// close_notify). A command still running (`PQtransactionStatus` is
     /// active) is cancelled first, so that it does not run on in the server:
     /// `PQcancel` on a short-lived thread, then the command's end is awaited
-    /// and its results dropped; a cancel that reached the server before the
-    /// command did is sent again every 100 ms; all of it within
-    /// `cancel_timeout`. Cost: one write, no wait; with a command running, a
-    /// thread and a TCP connect to the server per cancel, up to
-    /// `cancel_timeout`. A null handle is ignored.
+    /// and its results dropped; while it has not ended (a cancel that reached
+    /// the server before the command did is ignored there), the cancel is
+    /// sent again after 100 ms, 200 ms, 400 ms...; all of it within
+    /// `cancel_timeout`. A command already ended, its results unread, is not
+    /// cancelled; when 8 cancels are in flight in the process, or the server
+    /// refuses one, or a COPY runs, the connection is closed as it is. Cost:
+    /// one write, no wait; with a command running, a thread and a TCP connect
+    /// to the server per cancel, up to `cancel_timeout`. A null handle is
+    /// ignored.
     void close(handle h) const noexcept;
 
     /// Ends a session the pool gave up on inside an acquire (it failed

@@ -269,7 +269,7 @@ inline std::atomic<int>& cancels_in_flight() noexcept {
 // caller waits for it at most `timeout`; a slower cancel finishes (or fails)
 // on its own. At most max_cancels_in_flight at once per process; when they
 // are all taken, or no thread can be made, nothing is cancelled. True when
-// the cancel was delivered (or failed) within `timeout`. PQcancel
+// the server took the cancel request within `timeout`. PQcancel
 // takes no lock a fork could leave held (no resolver, no TLS in libpq 15).
 inline bool cancel_running(PGconn* h, std::chrono::milliseconds timeout) noexcept {
     std::atomic<int>& in_flight = cancels_in_flight();
@@ -286,18 +286,20 @@ inline bool cancel_running(PGconn* h, std::chrono::milliseconds timeout) noexcep
         std::mutex m;
         std::condition_variable cv;
         bool done = false;
+        bool sent = false; // PQcancel succeeded
     };
     std::shared_ptr<done_flag> flag;
     try {
         flag = std::make_shared<done_flag>();
         std::thread([cancel, flag, &in_flight] {
             char err[256];
-            (void)PQcancel(cancel, err, sizeof err);
+            const bool sent = PQcancel(cancel, err, sizeof err) != 0;
             PQfreeCancel(cancel);
             in_flight.fetch_sub(1, std::memory_order_acq_rel);
             {
                 const std::lock_guard<std::mutex> lock(flag->m);
                 flag->done = true;
+                flag->sent = sent;
             }
             flag->cv.notify_all();
         }).detach();
@@ -307,39 +309,59 @@ inline bool cancel_running(PGconn* h, std::chrono::milliseconds timeout) noexcep
         return false;
     }
     std::unique_lock<std::mutex> lock(flag->m);
-    return flag->cv.wait_until(lock, saturating_add(io_clock::now(), timeout), [&] { return flag->done; });
+    return flag->cv.wait_until(lock, saturating_add(io_clock::now(), timeout), [&] { return flag->done; }) &&
+           flag->sent;
+}
+
+// Reads and drops what has come of the command `h` runs, without waiting:
+// `ended` when it is over, `running` when more is to come, `stuck` when the
+// connection is lost or a COPY started (which cannot be drained here). In
+// pipeline mode a null result ends one query of several; two in a row with
+// nothing between mean nothing more is at hand (never spun on).
+enum class drain_state { ended, running, stuck };
+inline drain_state drain_ready(PGconn* h) noexcept {
+    if (!PQconsumeInput(h)) return drain_state::stuck;
+    int nulls = 0;
+    while (!PQisBusy(h)) {
+        PGresult* r = PQgetResult(h);
+        if (!r) {
+            if (PQpipelineStatus(h) == PQ_PIPELINE_OFF || PQtransactionStatus(h) != PQTRANS_ACTIVE)
+                return drain_state::ended;
+            if (++nulls > 1) return drain_state::running;
+            continue;
+        }
+        nulls = 0;
+        const ExecStatusType st = PQresultStatus(r);
+        PQclear(r);
+        if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) return drain_state::stuck;
+    }
+    return drain_state::running;
 }
 
 // Cancels what `h` runs and waits, `timeout` at most in all, for the command
-// to end, dropping its results. A cancel that reaches the backend before the
+// to end, dropping its results. A command that has ended already (its results
+// only unread) is not cancelled. A cancel that reaches the backend before the
 // command does (still on its way, or not yet read: a lease returned right
 // after it sent a query) is ignored by the server, and the command would run
 // on after the close; so while the command has not ended, the cancel is sent
-// again every 100 ms (so too for each query of a pipeline). Returns early
-// when no cancel could be sent, the connection is lost, or a COPY started (it
-// cannot be drained here).
+// again, after 100 ms, then 200, 400... (so too for each query of a
+// pipeline). Stops when a cancel could not be sent or the server refused it,
+// the connection is lost, or a COPY started.
 inline void cancel_and_drain(PGconn* h, std::chrono::milliseconds timeout) noexcept {
     const auto end = saturating_add(io_clock::now(), timeout);
+    auto gap = std::chrono::milliseconds{100};
     for (;;) {
+        if (drain_ready(h) != drain_state::running) return;
         const auto now = io_clock::now();
         if (now >= end) return;
         if (!cancel_running(h, std::chrono::ceil<std::chrono::milliseconds>(end - now))) return;
-        const auto look_until = std::min(end, io_clock::now() + std::chrono::milliseconds{100});
-        for (;;) {
-            if (!PQconsumeInput(h)) return;
-            while (!PQisBusy(h)) {
-                PGresult* r = PQgetResult(h);
-                if (!r) {
-                    // The command ended; in pipeline mode, one query of several
-                    // did, and the next one's results are awaited (never spun on).
-                    if (PQpipelineStatus(h) == PQ_PIPELINE_OFF || PQtransactionStatus(h) != PQTRANS_ACTIVE) return;
-                    break;
-                }
-                const ExecStatusType st = PQresultStatus(r);
-                PQclear(r);
-                if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) return;
-            }
-            if (wait_for(PQsocket(h), POLLIN, look_until, true) <= 0) break; // time to cancel again
+        const auto look_until = std::min(end, saturating_add(io_clock::now(), gap));
+        gap *= 2;
+        for (;;) { // read as it comes until the command ends, or time to cancel again
+            const int ev = wait_for(PQsocket(h), POLLIN, look_until, true);
+            if (ev < 0) return;
+            if (ev == 0) break;
+            if (drain_ready(h) != drain_state::running) return;
         }
     }
 }
