@@ -60,6 +60,12 @@ inline constexpr bool takes_policy<P, Pool<Params...>> = (std::is_same_v<P, Para
 template <class P, class... Ps>
 inline constexpr std::size_t occurrences = (std::size_t{std::is_same_v<P, Ps>} + ... + 0);
 
+// What make_pool returns when the selection failed (never part of a program):
+// a type that adds no error of its own, not even "unused variable".
+struct failed_selection {
+    ~failed_selection() {}
+};
+
 template <class Pool, class... Policies>
 inline constexpr bool takes_each_once = ((takes_policy<Policies, Pool> && occurrences<Policies, Policies...> == 1) &&
                                          ...);
@@ -93,9 +99,7 @@ auto make_pool(ConnectorArg&& connector, const Policies&... policies) {
     if constexpr (detail::takes_each_once<pool_type, Policies...>)
         return pool_type(std::forward<ConnectorArg>(connector), policies...);
     else
-        return static_cast<pool_type*>(nullptr); // never part of a program: the selection failed, saying
-                                                 // why; this line adds no error of its own (pool_type may
-                                                 // even be what the compiler made of the failure)
+        return detail::failed_selection{}; // never part of a program: the selection failed, saying why
 }
 
 } // namespace pqpool
