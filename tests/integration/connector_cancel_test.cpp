@@ -81,3 +81,28 @@ TEST_CASE("libpq_connector: a cancel that cannot be delivered holds close() no l
     CHECK(took >= 250ms);
     CHECK(took < 2s);
 }
+
+TEST_CASE("libpq_connector: close() sends no cancel for a command that has ended, its results unread",
+          "[integration][libpq]") {
+    // The results are in libpq's buffer, unread (the connection still shows a
+    // command active); then the proxy goes silent, so a cancel would hold
+    // close() for the whole cancel_timeout (5 s).
+    stall_proxy proxy{std::stoi(sbx().var("PQPOOL_TEST_PORT"))};
+    const libpq_connector c{local_conninfo(proxy.port()), libpq_options{.cancel_timeout = 5s}};
+    PGconn* h = c.connect(in(10s));
+    REQUIRE(PQsendQuery(h, "SELECT 1") == 1);
+    const auto give_up = clock_type::now() + 10s;
+    while (PQisBusy(h) && clock_type::now() < give_up) {
+        pollfd p{PQsocket(h), POLLIN, 0};
+        REQUIRE(::poll(&p, 1, 100) >= 0);
+        REQUIRE(PQconsumeInput(h) == 1);
+    }
+    REQUIRE_FALSE(PQisBusy(h));
+    REQUIRE(PQtransactionStatus(h) == PQTRANS_ACTIVE);
+    proxy.stall();
+    const auto start = clock_type::now();
+    c.close(h);
+    const auto took = clock_type::now() - start;
+    CAPTURE(std::chrono::duration_cast<std::chrono::milliseconds>(took).count());
+    CHECK(took < 2500ms); // half the cancel_timeout: no cancel was tried
+}
