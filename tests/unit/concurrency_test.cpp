@@ -3,6 +3,7 @@
 #include "catch.hpp"
 #include "test_pool.hpp"
 
+#include <sched.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -47,7 +48,8 @@ bool asleep(pid_t tid) {
 // holds it until `done`), once it is in line and asleep (not still on its way
 // to sleep: then a wake-up would cost it nothing).
 template <class Pool>
-std::thread queue_one(Pool& pool, std::atomic<bool>& served, const std::atomic<bool>& done) {
+std::thread queue_one(Pool& pool, std::atomic<bool>& served, const std::atomic<bool>& done,
+                      pid_t* waiter_tid = nullptr) {
     const std::size_t before = pool.stats().waiting;
     std::atomic<pid_t> tid{0};
     std::thread waiter([&pool, &served, &done, &tid] {
@@ -59,8 +61,33 @@ std::thread queue_one(Pool& pool, std::atomic<bool>& served, const std::atomic<b
         } catch (const timeout_error&) {}
     });
     while (pool.stats().waiting == before || !asleep(tid)) std::this_thread::yield();
+    if (waiter_tid) *waiter_tid = tid;
     return waiter;
 }
+
+// Keeps the sleeping thread `waiter` off the CPU while this thread runs: both
+// on this thread's CPU, the waiter under SCHED_IDLE, which never preempts a
+// normal thread when it wakes. Without this a loaded machine wakes the waiter
+// straight onto the releasing thread's CPU, ahead of it, every time.
+class waiter_behind_me {
+public:
+    explicit waiter_behind_me(pid_t waiter) {
+        REQUIRE(::sched_getaffinity(0, sizeof old_, &old_) == 0);
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(::sched_getcpu(), &one);
+        const sched_param idle{};
+        REQUIRE(::sched_setscheduler(waiter, SCHED_IDLE, &idle) == 0);
+        REQUIRE(::sched_setaffinity(waiter, sizeof one, &one) == 0);
+        REQUIRE(::sched_setaffinity(0, sizeof one, &one) == 0);
+    }
+    ~waiter_behind_me() { ::sched_setaffinity(0, sizeof old_, &old_); }
+    waiter_behind_me(const waiter_behind_me&) = delete;
+    waiter_behind_me& operator=(const waiter_behind_me&) = delete;
+
+private:
+    cpu_set_t old_;
+};
 } // namespace
 
 TEMPLATE_LIST_TEST_CASE("waiting policies: many threads, every cycle served, nothing lost", "[concurrency]",
@@ -126,10 +153,10 @@ TEST_CASE("concurrency policies: nonsense numbers are config_errors naming the f
 }
 
 // Barging: the releasing thread may take its connection straight back. The
-// waiter sleeps (spin 0), so it needs a wake-up to get there first; over 20
-// rounds the releasing thread must win at least once (under FIFO it never
-// does: the stress test "no barging" checks that), and the waiter is served
-// every round.
+// waiter sleeps (spin 0) and is kept off this thread's CPU until this thread
+// blocks (waiter_behind_me), so the releasing thread asks first; over 20
+// rounds it must win at least once (under FIFO it never does: the stress test
+// "no barging" checks that), and the waiter is served every round.
 TEST_CASE("concurrency::barging: a thread that returns a connection may take it back ahead of a waiter",
           "[concurrency]") {
     auto s = std::make_shared<fake_server>();
@@ -140,11 +167,15 @@ TEST_CASE("concurrency::barging: a thread that returns a connection may take it 
     for (int round = 0; round < 20; ++round) {
         auto held = pool.acquire();
         std::atomic<bool> served{false}, done{false};
-        std::thread waiter = queue_one(pool, served, done);
-        held.release();
-        if (auto again = pool.try_acquire()) {
-            ++barged;
-            CHECK(pool.stats().waiting == 1); // the waiter is still in line, not served
+        pid_t tid = 0;
+        std::thread waiter = queue_one(pool, served, done, &tid);
+        {
+            waiter_behind_me behind{tid};
+            held.release();
+            if (auto again = pool.try_acquire()) {
+                ++barged;
+                CHECK(pool.stats().waiting == 1); // the waiter is still in line, not served
+            }
         }
         done = true;
         waiter.join(); // the lease taken back was returned at the end of the if: the waiter gets it
