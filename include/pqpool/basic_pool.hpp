@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <type_traits>
+#include <tuple>
 #include <utility>
 
 namespace pqpool {
@@ -47,6 +48,9 @@ T policy_argument(const Ps&... ps) {
         return *found;
     }
 }
+
+template <class T, class... Ts>
+inline constexpr bool one_of = (std::is_same_v<T, Ts> || ...);
 
 template <class P>
 void check_policy(const P& p) {
@@ -287,36 +291,31 @@ private:
 
     template <class... Policies>
     static core_type* make_core(Connector&& c, const Policies&... policies) {
-        static_assert(((std::is_same_v<Policies, Validation> || std::is_same_v<Policies, Recycling> ||
-                        std::is_same_v<Policies, Overflow> || std::is_same_v<Policies, Retry> ||
-                        std::is_same_v<Policies, ForkSafety> || std::is_same_v<Policies, Concurrency> ||
-                        std::is_same_v<Policies, Observability>)&&...),
+        return construct<Validation, Recycling, Overflow, Retry, ForkSafety, Concurrency, Observability>(std::move(c),
+                                                                                                         policies...);
+    }
+
+    // The core, from the connector and the policy objects passed (a policy not
+    // passed is default-constructed); Ps are the policy types, in the core's
+    // parameter order.
+    template <class... Ps, class... Policies>
+    static core_type* construct(Connector&& c, const Policies&... policies) {
+        static_assert((detail::one_of<Policies, Ps...> && ...),
                       "pqpool::pool: a constructor argument is not one of this pool's policies (pass objects of "
                       "the policy types named in pool<...>, or of the defaults of the categories not named)");
-        auto v = detail::policy_argument<Validation>(policies...);
-        auto r = detail::policy_argument<Recycling>(policies...);
-        auto o = detail::policy_argument<Overflow>(policies...);
-        auto rt = detail::policy_argument<Retry>(policies...);
-        auto f = detail::policy_argument<ForkSafety>(policies...);
-        auto ob = detail::policy_argument<Observability>(policies...);
-        auto cc = detail::policy_argument<Concurrency>(policies...);
-        detail::check_policy(v);
-        detail::check_policy(r);
-        detail::check_policy(o);
-        detail::check_policy(rt);
-        detail::check_policy(f);
-        detail::check_policy(ob);
-        detail::check_policy(cc);
+        std::tuple<Ps...> ps{detail::policy_argument<Ps>(policies...)...};
+        (detail::check_policy(std::get<Ps>(ps)), ...);
         // Connections that maintain() opens up to the floor must be allowed
         // to stay idle, or each would be closed as soon as it came back.
+        const Recycling& r = std::get<Recycling>(ps);
+        const Overflow& o = std::get<Overflow>(ps);
         if (r.idle_floor() > o.keep_idle())
             throw config_error(
                 "pqpool: the recycling policy's idle floor (min_idle = " + std::to_string(r.idle_floor()) +
                 ") is more than the overflow policy keeps idle (" + std::to_string(o.keep_idle()) +
                 (o.keep_idle() == 0 ? ", none: it closes every connection on release" : ": its size") +
                 "); lower min_idle to at most " + std::to_string(o.keep_idle()));
-        return new core_type(std::move(c), std::move(v), std::move(r), std::move(o), std::move(rt), std::move(f),
-                             std::move(cc), std::move(ob));
+        return new core_type(std::move(c), std::move(std::get<Ps>(ps))...);
     }
 
     core_type* core_;

@@ -21,6 +21,7 @@
 #include <boost/hana/length.hpp>
 #include <boost/hana/tuple.hpp>
 #include <boost/hana/type.hpp>
+#include <boost/hana/unpack.hpp>
 
 #include <type_traits>
 
@@ -43,16 +44,138 @@ struct category_of<T, std::void_t<typename T::category>> {
     using type = typename T::category;
 };
 
+// The categories: the one table that the selection reads. A row per
+// category: its tag, its default, whether a type models its concept (given
+// the connector's handle type, which the observability concept needs), and
+// the two errors a user can make in it. (A static_assert's message must be a
+// literal, so each row spells its own; they live in the row, not in the
+// selection.) A row's checks are instantiated once per selection, with
+// Models true when the option appears twice, so that only that is reported.
+template <class Tag>
+struct category_row;
+
+template <>
+struct category_row<connector_tag> {
+    template <class DefaultConnector>
+    using default_type = DefaultConnector;
+    template <class C, class Handle>
+    static constexpr bool models = connector<C>;
+    template <bool Once, bool Models>
+    struct checks {
+        static_assert(Once, "pqpool::pool: more than one connector named; name at most one");
+        static_assert(
+            Models, "pqpool::pool: the connector does not model pqpool::connector (see pqpool/connector/concept.hpp)");
+    };
+};
+
+template <>
+struct category_row<validation_tag> {
+    template <class>
+    using default_type = validation::default_policy;
+    template <class P, class Handle>
+    static constexpr bool models = validation_policy<P>;
+    template <bool Once, bool Models>
+    struct checks {
+        static_assert(Once, "pqpool::pool: more than one validation policy named; name at most one per category");
+        static_assert(Models, "pqpool::pool: the validation policy does not model "
+                              "pqpool::validation_policy (see pqpool/policies/validation.hpp)");
+    };
+};
+
+template <>
+struct category_row<recycling_tag> {
+    template <class>
+    using default_type = recycling::default_policy;
+    template <class P, class Handle>
+    static constexpr bool models = recycling_policy<P>;
+    template <bool Once, bool Models>
+    struct checks {
+        static_assert(Once, "pqpool::pool: more than one recycling policy named; name at most one per category");
+        static_assert(Models, "pqpool::pool: the recycling policy does not model "
+                              "pqpool::recycling_policy (see pqpool/policies/recycling.hpp)");
+    };
+};
+
+template <>
+struct category_row<overflow_tag> {
+    template <class>
+    using default_type = overflow::default_policy;
+    template <class P, class Handle>
+    static constexpr bool models = overflow_policy<P>;
+    template <bool Once, bool Models>
+    struct checks {
+        static_assert(Once, "pqpool::pool: more than one overflow policy named; name at most one per category");
+        static_assert(Models, "pqpool::pool: the overflow policy does not model "
+                              "pqpool::overflow_policy (see pqpool/policies/overflow.hpp)");
+    };
+};
+
+template <>
+struct category_row<retry_tag> {
+    template <class>
+    using default_type = retry::default_policy;
+    template <class P, class Handle>
+    static constexpr bool models = retry_policy<P>;
+    template <bool Once, bool Models>
+    struct checks {
+        static_assert(Once, "pqpool::pool: more than one retry policy named; name at most one per category");
+        static_assert(Models, "pqpool::pool: the retry policy does not model pqpool::retry_policy (see "
+                              "pqpool/policies/retry.hpp)");
+    };
+};
+
+template <>
+struct category_row<fork_safety_tag> {
+    template <class>
+    using default_type = fork_safety::default_policy;
+    template <class P, class Handle>
+    static constexpr bool models = fork_safety_policy<P>;
+    template <bool Once, bool Models>
+    struct checks {
+        static_assert(Once, "pqpool::pool: more than one fork_safety policy named; name at most one per category");
+        static_assert(Models, "pqpool::pool: the fork_safety policy does not model "
+                              "pqpool::fork_safety_policy (see pqpool/policies/fork_safety.hpp)");
+    };
+};
+
+template <>
+struct category_row<concurrency_tag> {
+    template <class>
+    using default_type = concurrency::default_policy;
+    template <class P, class Handle>
+    static constexpr bool models = concurrency_policy<P>;
+    template <bool Once, bool Models>
+    struct checks {
+        static_assert(Once, "pqpool::pool: more than one concurrency policy named; name at most one per category");
+        static_assert(Models, "pqpool::pool: the concurrency policy does not model "
+                              "pqpool::concurrency_policy (see pqpool/policies/concurrency.hpp)");
+    };
+};
+
+template <>
+struct category_row<observability_tag> {
+    template <class>
+    using default_type = observability::default_policy;
+    template <class P, class Handle>
+    static constexpr bool models = observability_policy<P, Handle>;
+    template <bool Once, bool Models>
+    struct checks {
+        static_assert(Once, "pqpool::pool: more than one observability policy named; name at most one per category");
+        static_assert(Models, "pqpool::pool: the observability policy does not model "
+                              "pqpool::observability_policy (see pqpool/policies/observability.hpp)");
+    };
+};
+
+// The rows, in basic_pool's parameter order (connector first: the others'
+// checks need its handle type).
+inline constexpr auto categories = hana::tuple_t<connector_tag, validation_tag, recycling_tag, overflow_tag, retry_tag,
+                                                 fork_safety_tag, concurrency_tag, observability_tag>;
+
 template <class T>
-inline constexpr bool is_option = std::is_same_v<T, std::remove_cvref_t<T>> &&
-                                  (std::is_same_v<typename category_of<T>::type, connector_tag> ||
-                                   std::is_same_v<typename category_of<T>::type, validation_tag> ||
-                                   std::is_same_v<typename category_of<T>::type, recycling_tag> ||
-                                   std::is_same_v<typename category_of<T>::type, overflow_tag> ||
-                                   std::is_same_v<typename category_of<T>::type, retry_tag> ||
-                                   std::is_same_v<typename category_of<T>::type, fork_safety_tag> ||
-                                   std::is_same_v<typename category_of<T>::type, concurrency_tag> ||
-                                   std::is_same_v<typename category_of<T>::type, observability_tag>);
+inline constexpr bool is_option = std::is_same_v<T, std::remove_cvref_t<T>>&&
+    hana::unpack(categories, [](auto... tags) {
+        return (std::is_same_v<typename category_of<T>::type, typename decltype(tags)::type> || ...);
+    });
 
 template <class Tag, class... Options>
 struct in_category {
@@ -77,75 +200,35 @@ struct handle_of<C, std::void_t<typename C::handle>> {
     using type = typename C::handle;
 };
 
-// Keeps the chosen policy when it models its concept; otherwise the default,
-// so a failed static_assert is the only error the user reads.
-template <bool Ok, class Chosen, class Default>
-using or_default = std::conditional_t<Ok, Chosen, Default>;
+// One category of one selection: what was named (or the default), checked
+// against the row; the default again when the check failed, so a failed
+// static_assert is the only error the user reads.
+template <class Tag, class DefaultConnector, class Handle, class... Options>
+struct choice {
+    using row = category_row<Tag>;
+    using default_type = typename row::template default_type<DefaultConnector>;
+    using named = typename in_category<Tag, Options...>::template pick<default_type>;
+    static constexpr bool once = in_category<Tag, Options...>::count <= 1;
+    static constexpr bool models = row::template models<named, Handle>;
+    static constexpr std::size_t checked = sizeof(typename row::template checks < once, !once || models >);
+    using type = std::conditional_t<models, named, default_type>;
+};
 
 template <class DefaultConnector, class... Options>
 struct select {
     static_assert((is_option<Options> && ...),
                   "pqpool::pool: an option is neither a pqpool policy nor a connector (it needs a 'category' member "
                   "naming a pqpool category tag, such as pqpool::validation_tag)");
-    static_assert(in_category<connector_tag, Options...>::count <= 1,
-                  "pqpool::pool: more than one connector named; name at most one");
-    static_assert(in_category<validation_tag, Options...>::count <= 1,
-                  "pqpool::pool: more than one validation policy named; name at most one per category");
-    static_assert(in_category<recycling_tag, Options...>::count <= 1,
-                  "pqpool::pool: more than one recycling policy named; name at most one per category");
-    static_assert(in_category<overflow_tag, Options...>::count <= 1,
-                  "pqpool::pool: more than one overflow policy named; name at most one per category");
-    static_assert(in_category<retry_tag, Options...>::count <= 1,
-                  "pqpool::pool: more than one retry policy named; name at most one per category");
-    static_assert(in_category<fork_safety_tag, Options...>::count <= 1,
-                  "pqpool::pool: more than one fork_safety policy named; name at most one per category");
-    static_assert(in_category<concurrency_tag, Options...>::count <= 1,
-                  "pqpool::pool: more than one concurrency policy named; name at most one per category");
-    static_assert(in_category<observability_tag, Options...>::count <= 1,
-                  "pqpool::pool: more than one observability policy named; name at most one per category");
 
-    using connector_t = typename in_category<connector_tag, Options...>::template pick<DefaultConnector>;
-    using validation_t = typename in_category<validation_tag, Options...>::template pick<validation::default_policy>;
-    using recycling_t = typename in_category<recycling_tag, Options...>::template pick<recycling::default_policy>;
-    using overflow_t = typename in_category<overflow_tag, Options...>::template pick<overflow::default_policy>;
-    using retry_t = typename in_category<retry_tag, Options...>::template pick<retry::default_policy>;
-    using fork_t = typename in_category<fork_safety_tag, Options...>::template pick<fork_safety::default_policy>;
-    using concurrency_t = typename in_category<concurrency_tag, Options...>::template pick<concurrency::default_policy>;
-    using observability_t =
-        typename in_category<observability_tag, Options...>::template pick<observability::default_policy>;
+    using handle = typename handle_of<typename choice<connector_tag, DefaultConnector, void*, Options...>::named>::type;
+    template <class Tag>
+    using chosen = choice<Tag, DefaultConnector, handle, Options...>;
 
-    static_assert(connector<connector_t>,
-                  "pqpool::pool: the connector does not model pqpool::connector (see pqpool/connector/concept.hpp)");
-    static_assert(validation_policy<validation_t>,
-                  "pqpool::pool: the validation policy does not model pqpool::validation_policy (see "
-                  "pqpool/policies/validation.hpp)");
-    static_assert(recycling_policy<recycling_t>,
-                  "pqpool::pool: the recycling policy does not model pqpool::recycling_policy (see "
-                  "pqpool/policies/recycling.hpp)");
-    static_assert(overflow_policy<overflow_t>,
-                  "pqpool::pool: the overflow policy does not model pqpool::overflow_policy (see "
-                  "pqpool/policies/overflow.hpp)");
-    static_assert(retry_policy<retry_t>,
-                  "pqpool::pool: the retry policy does not model pqpool::retry_policy (see pqpool/policies/retry.hpp)");
-    static_assert(fork_safety_policy<fork_t>,
-                  "pqpool::pool: the fork_safety policy does not model pqpool::fork_safety_policy (see "
-                  "pqpool/policies/fork_safety.hpp)");
-    static_assert(concurrency_policy<concurrency_t>,
-                  "pqpool::pool: the concurrency policy does not model pqpool::concurrency_policy (see "
-                  "pqpool/policies/concurrency.hpp)");
-    static_assert(observability_policy<observability_t, typename handle_of<connector_t>::type>,
-                  "pqpool::pool: the observability policy does not model pqpool::observability_policy (see "
-                  "pqpool/policies/observability.hpp)");
-
-    using type = basic_pool<or_default<connector<connector_t>, connector_t, DefaultConnector>,
-                            or_default<validation_policy<validation_t>, validation_t, validation::default_policy>,
-                            or_default<recycling_policy<recycling_t>, recycling_t, recycling::default_policy>,
-                            or_default<overflow_policy<overflow_t>, overflow_t, overflow::default_policy>,
-                            or_default<retry_policy<retry_t>, retry_t, retry::default_policy>,
-                            or_default<fork_safety_policy<fork_t>, fork_t, fork_safety::default_policy>,
-                            or_default<concurrency_policy<concurrency_t>, concurrency_t, concurrency::default_policy>,
-                            or_default<observability_policy<observability_t, typename handle_of<connector_t>::type>,
-                                       observability_t, observability::default_policy>>;
+    using type = typename decltype(hana::unpack(categories, [](auto... tags) {
+        // Instantiates each row's checks (a read of a failed one is no second error).
+        [[maybe_unused]] const std::size_t checked = (chosen<typename decltype(tags)::type>::checked + ...);
+        return hana::type_c<basic_pool<typename chosen<typename decltype(tags)::type>::type...>>;
+    }))::type;
 };
 
 } // namespace detail
