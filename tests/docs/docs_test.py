@@ -2,8 +2,9 @@
 """Checks what the README and docs/ promise about themselves: the quick start is two commands
 that exist; every link to a file or a heading leads somewhere; the pool in five lines is the
 program examples/quick_start.cpp that the tests run; the migration table covers the settings
-of SQLAlchemy, HikariCP, pgxpool and psycopg_pool; every policy has a row in the catalog; and
-no text speaks of internal references (numbered incidents, an issue's target).
+of SQLAlchemy, HikariCP, pgxpool and psycopg_pool; every policy has a row in the catalog, and
+the defaults it states are the headers'; and no text speaks of internal references (numbered
+incidents, an issue's target).
 
 Usage: docs_test.py SOURCE_DIR (CTest passes the checkout)."""
 
@@ -103,6 +104,50 @@ class Readme(unittest.TestCase):
             default = re.search(r"using default_policy = (\w+);", body).group(1)
             self.assertTrue(re.search(rf"^\| `{default}` \*\*default\*\* \|", rows[ns], re.M),
                             f"{ns}'s default is not marked")
+
+    def test_the_catalog_s_defaults_are_the_headers(self):
+        """Each '`field` value' in a catalog row's last column is what the policy's struct
+        declares: `T field{N}`, `T field{std::chrono::unit{N}}` or `field = N`."""
+        units = {"ns": 1, "µs": 1e3, "ms": 1e6, "s": 1e9, "min": 60e9, "h": 3600e9}
+        chrono = {"nanoseconds": 1, "microseconds": 1e3, "milliseconds": 1e6, "seconds": 1e9, "minutes": 60e9,
+                  "hours": 3600e9}
+        # Defaults computed at run time rather than declared as one number.
+        computed = {("limits", "jitter"), ("limits", "reset")}
+        catalog = section(self.readme, "The policy catalog")
+        parts = re.split(r"^\*\*(\w+)\*\*: ", catalog, flags=re.M)
+        rows = dict(zip(parts[1::2], parts[2::2]))
+        headers = {}
+        for header in os.listdir(os.path.join(SOURCE, "include", "pqpool", "policies")):
+            text = read(SOURCE, "include", "pqpool", "policies", header)
+            headers[re.search(r"^namespace (?!pqpool |detail )(\w+) \{", text, re.M).group(1)] = text
+        checked = 0
+        for ns, table in rows.items():
+            for row in re.findall(r"^\| `(\w+)`[^\n]*\| ([^|\n]*) \|$", table, re.M):
+                policy, defaults = row
+                for field, value in re.findall(r"`(\w+)` ([^,`]+?)(?=, `|$| \()", defaults):
+                    if (policy, field) in computed:
+                        continue
+                    with self.subTest(policy=f"{ns}::{policy}", field=field):
+                        text = headers[ns]
+                        body = re.search(rf"^(?:struct|class) {policy} \{{(.*?)^\}};", text, re.M | re.S)
+                        self.assertTrue(body, f"no struct {ns}::{policy}")
+                        decl = re.search(rf"^\s+([\w:<>]+) {field}(?:\{{(.*)\}}| = (\w+));", body.group(1), re.M)
+                        self.assertTrue(decl, f"{ns}::{policy} declares no default for '{field}'")
+                        type_, braced, assigned = decl.groups()
+                        if assigned is not None:
+                            declared = assigned
+                        else:
+                            inner = re.fullmatch(r"std::chrono::(\w+)\{(\d+)\}", braced)
+                            unit = chrono[inner.group(1)] if inner else chrono[type_.split("::")[-1]]
+                            declared = float(inner.group(2) if inner else braced) * unit
+                        m = re.fullmatch(r"(\d+) (ns|µs|ms|s|min|h)", value.strip())
+                        if m:
+                            self.assertEqual(declared, float(m.group(1)) * units[m.group(2)],
+                                             f"the README says {field} {value}")
+                        else:
+                            self.assertEqual(str(declared), value.strip(), f"the README says {field} {value}")
+                        checked += 1
+        self.assertGreaterEqual(checked, 15, "the catalog's defaults were not found")
 
 
 class Links(unittest.TestCase):

@@ -137,8 +137,8 @@ TEST_CASE("concurrency policies: nonsense numbers are config_errors naming the f
     using barging = null_pool<overflow::fixed, concurrency::barging>;
     CHECK_THROWS_MATCHES((fifo{fake_connector<>{s}, concurrency::mutex{.spin = -1us}}), config_error,
                          Catch::Matchers::Message("pqpool: concurrency::mutex: spin is -1 µs; it must be between 0 "
-                                                  "(never spin) and 1000 µs (a spin longer than a wake-up costs is "
-                                                  "wasted)"));
+                                                  "(never spin) and 1000 µs (a hold longer than that is not worth "
+                                                  "a CPU spinning through it)"));
     CHECK_THROWS_WITH((fifo{fake_connector<>{s}, concurrency::mutex{.spin = 1001us}}),
                       Catch::Contains("concurrency::mutex: spin is 1001 µs"));
     CHECK_THROWS_WITH((barging{fake_connector<>{s}, concurrency::barging{.spin = 2ms}}),

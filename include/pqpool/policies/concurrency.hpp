@@ -78,8 +78,9 @@ private:
 
 inline void check_spin(const char* where, std::chrono::microseconds spin) {
     if (spin.count() < 0 || spin > std::chrono::milliseconds{1})
-        fail_check(where, "spin", std::to_string(spin.count()) + " µs",
-                   "between 0 (never spin) and 1000 µs (a spin longer than a wake-up costs is wasted)");
+        fail_check(
+            where, "spin", std::to_string(spin.count()) + " µs",
+            "between 0 (never spin) and 1000 µs (a hold longer than that is not worth a CPU spinning through it)");
 }
 
 } // namespace detail
@@ -92,20 +93,27 @@ namespace concurrency {
 ///
 /// Cost: uncontended, one compare-exchange to lock and one exchange to unlock
 /// at acquire and at release. A caller that must wait spins (with a pause
-/// instruction) for up to `spin`, and only while recent waits have been
-/// shorter than that, then sleeps: a hand-over to a spinning waiter is one
-/// store, to a sleeping one a futex wake-up and a context switch (a few
-/// microseconds, during which the connection is unused). Every cycle under
-/// contention is a hand-over between threads, so with holds shorter than a
-/// microsecond it costs several times what `barging` does.
+/// instruction) for up to about twice the recent average wait, at most
+/// `spin`, and only while that average has been shorter than `spin`, and only
+/// when a CPU is free for it (the first waiter a connection in use could
+/// reach, no more spinners than half the CPUs); then it sleeps. A hand-over to
+/// a spinning waiter is one store; to a sleeping one a futex wake-up and a
+/// context switch (microseconds to tens of microseconds on a VM, during which
+/// the connection is unused). The default `spin` of 100 µs lets a waiter spin
+/// through holds of up to about 50 µs (a query on a local server): measured
+/// with 50 µs holds, 2 threads on one connection, it brought FIFO from 1.55×
+/// to 0.94× the hand-written pool's time per cycle (docs/benchmarks.md). Every
+/// cycle under contention is a hand-over between threads, so with holds
+/// shorter than a microsecond it costs several times what `barging` does.
 struct mutex {
     using category = concurrency_tag;
     using mutex_type = detail::pool_lock;
     static constexpr bool can_wait = true;
     static constexpr bool fifo = true;
     /// The longest a waiter spins for a hand-over before it sleeps (0 to
-    /// 1000 µs; 0: sleep at once). Nobody spins on a machine with one CPU.
-    std::chrono::microseconds spin{20};
+    /// 1000 µs; 0: sleep at once); waits that last longer than this on
+    /// average are not spun for at all. Nobody spins on a machine with one CPU.
+    std::chrono::microseconds spin{100};
 
     void check() const { detail::check_spin("concurrency::mutex", spin); }
     std::chrono::nanoseconds max_spin() const noexcept { return spin; }
@@ -133,7 +141,7 @@ struct barging {
     static constexpr bool can_wait = true;
     static constexpr bool fifo = false;
     /// The longest a waiter spins before it sleeps (0 to 1000 µs).
-    std::chrono::microseconds spin{20};
+    std::chrono::microseconds spin{100};
     /// How long a waiter may be overtaken (at least 0; 0 makes this `mutex`
     /// with an idle stack for newcomers while nobody waits).
     std::chrono::microseconds patience{std::chrono::milliseconds{1}};
