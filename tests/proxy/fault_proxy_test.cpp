@@ -19,6 +19,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstddef>
+#include <cstring>
 #include <fstream>
 #include <optional>
 #include <sstream>
@@ -328,6 +329,31 @@ TEST_CASE("blackhole makes a libpq connect time out, open connections go on", "[
     auto after = connect_or_throw(proxy.route(sandbox::get().verify_full() + " connect_timeout=5"));
     CHECK(PQsslInUse(after.get()) == 1);
     CHECK(query_within(after.get(), "SELECT 1", 5s).text == "1");
+}
+
+TEST_CASE("refuse_new makes a connect fail at once, open connections go on", "[proxy]") {
+    SECTION("echo: connect() is refused, the open connection still echoes") {
+        echo_through_proxy e;
+        e.proxy.refuse_new();
+        const int port = e.proxy.port();
+        CHECK_THROWS_WITH(net::connect_loopback(port), Catch::Contains(std::strerror(ECONNREFUSED)));
+        CHECK(e.proxy.accepted() == 1); // refused by the kernel: the proxy never saw it
+        CHECK(round_trip(e.c.fd) < 1s);
+        e.proxy.heal(); // does not undo it
+        CHECK_THROWS_WITH(net::connect_loopback(port), Catch::Contains(std::strerror(ECONNREFUSED)));
+        CHECK(round_trip(e.c.fd) < 1s);
+    }
+    SECTION("libpq: a connect fails at once, a query on the open connection works") {
+        pq_through_proxy p;
+        p.proxy.refuse_new();
+        const auto t0 = clock_type::now();
+        pqpool::test::pq_ptr c{PQconnectdb((p.proxy.route(tls()) + " connect_timeout=5").c_str())};
+        INFO(PQerrorMessage(c.get()));
+        CHECK(PQstatus(c.get()) == CONNECTION_BAD);
+        CHECK_THAT(std::string(PQerrorMessage(c.get())), Catch::Contains("refused"));
+        CHECK(since(t0) < 2s); // not the 5 s connect_timeout
+        CHECK(query_within(p.c.get(), "SELECT 1", 5s).text == "1");
+    }
 }
 
 TEST_CASE("a fault on one connection leaves the others alone", "[proxy]") {

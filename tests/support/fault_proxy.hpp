@@ -21,6 +21,13 @@
 //                  to the target; open connections go on as they were. A
 //                  blackholed connection stays so after heal() (its client
 //                  times out by itself); it closes when its client does.
+//   refuse_new()   (new connections only, for good) stop listening: a connect
+//                  to the proxy's port is refused by the kernel (RST to the
+//                  SYN, ECONNREFUSED: nothing is sent on it), while open
+//                  connections go on under the other controls. heal() does
+//                  not undo it (the port is released and may be reused).
+//                  Unlike reset, whose new connections are accepted first,
+//                  so a client's first write may still succeed.
 //
 // Each control call returns once the proxy's thread has applied it: after
 // freeze() returns, not one more byte is forwarded; after reset() returns the
@@ -92,7 +99,7 @@ public:
         }
         wake();
         thread_.join();
-        ::close(listen_fd_);
+        if (listen_fd_ >= 0) ::close(listen_fd_);
         ::close(wake_fd_);
     }
 
@@ -113,6 +120,7 @@ public:
     void close() { submit(op::close); }
     void delay(std::chrono::milliseconds d) { submit(op::delay, std::nullopt, checked(d)); }
     void blackhole() { submit(op::blackhole); }
+    void refuse_new() { submit(op::refuse_new); }
 
     // --- one open connection
     void pass(connection_id id) { submit(op::pass, id); }
@@ -155,7 +163,7 @@ public:
     }
 
 private:
-    enum class op : unsigned char { pass, freeze, delay, reset, close, blackhole };
+    enum class op : unsigned char { pass, freeze, delay, reset, close, blackhole, refuse_new };
     enum class mode : unsigned char { pass, freeze, delay, blackhole };
     static constexpr std::size_t queue_limit = std::size_t{1} << 20; // per direction: stop reading beyond
 
@@ -267,7 +275,7 @@ private:
             }
             bool changed = !cmds.empty();
             for (auto& cmd : cmds) apply(*cmd);
-            if (fds[1].revents) changed |= accept_new();
+            if (fds[1].revents && listen_fd_ >= 0) changed |= accept_new(); // refuse_new may have closed it
             now = clock::now();
             for (std::size_t i = 2; i < fds.size(); ++i) {
                 if (!fds[i].revents) continue;
@@ -376,6 +384,10 @@ private:
             return;
         }
         switch (cmd.what) {
+        case op::refuse_new: // the listener closes; nothing else changes
+            if (listen_fd_ >= 0) ::close(listen_fd_);
+            listen_fd_ = -1;
+            return;
         case op::reset:
         case op::close:
             for (auto& [id, c] : conns_) end(c, cmd.what == op::reset);
@@ -519,7 +531,8 @@ private:
     bool running_ = true;
     std::string failed_;
 
-    // Set before the thread starts, constant after.
+    // Set before the thread starts, constant after (but listen_fd_, which only
+    // the thread closes, on refuse_new: -1 after, which poll() skips).
     sockaddr_in target_{};
     int listen_fd_ = -1;
     int wake_fd_ = -1;
