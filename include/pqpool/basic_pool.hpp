@@ -14,10 +14,11 @@
 
 #include <chrono>
 #include <concepts>
+#include <exception>
 #include <optional>
 #include <string>
-#include <type_traits>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 
 namespace pqpool {
@@ -41,7 +42,10 @@ T policy_argument(const Ps&... ps) {
         static_assert(std::is_default_constructible_v<T>,
                       "pqpool::pool: this policy has no default (e.g. a sink of a lambda that captures): pass the "
                       "policy object to the constructor");
-        return T{};
+        if constexpr (std::is_default_constructible_v<T>)
+            return T{};
+        else
+            std::terminate(); // never compiled into a program: the static_assert above has failed
     } else {
         const T* found = nullptr;
         ((found = found ? found : if_same<T>(ps)), ...);

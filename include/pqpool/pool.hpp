@@ -70,6 +70,15 @@ template <class Pool, class... Policies>
 inline constexpr bool takes_each_once = ((takes_policy<Policies, Pool> && occurrences<Policies, Policies...> == 1) &&
                                          ...);
 
+// Does the pool type take the connector make_pool was given? A connector
+// object must have become the pool's connector (it does not when it failed
+// its concept: select has said so); a conninfo makes a libpq_connector.
+template <class Pool, class ConnectorArg>
+inline constexpr bool takes_connector = true;
+template <class Pool, class ConnectorArg>
+requires std::is_same_v<typename category_of<ConnectorArg>::type, connector_tag>
+inline constexpr bool takes_connector<Pool, ConnectorArg> = takes_policy<ConnectorArg, Pool>;
+
 } // namespace detail
 
 /// Makes a pool whose policies are the types of the policy objects passed,
@@ -96,7 +105,8 @@ inline constexpr bool takes_each_once = ((takes_policy<Policies, Pool> && occurr
 template <class ConnectorArg, class... Policies>
 auto make_pool(ConnectorArg&& connector, const Policies&... policies) {
     using pool_type = typename detail::deduced_pool<std::remove_cvref_t<ConnectorArg>, Policies...>::type;
-    if constexpr (detail::takes_each_once<pool_type, Policies...>)
+    if constexpr (detail::takes_connector<pool_type, std::remove_cvref_t<ConnectorArg>> &&
+                  detail::takes_each_once<pool_type, Policies...>)
         return pool_type(std::forward<ConnectorArg>(connector), policies...);
     else
         return detail::failed_selection{}; // never part of a program: the selection failed, saying why

@@ -21,7 +21,6 @@
 #include <boost/hana/length.hpp>
 #include <boost/hana/tuple.hpp>
 #include <boost/hana/type.hpp>
-#include <boost/hana/unpack.hpp>
 
 #include <type_traits>
 
@@ -168,14 +167,19 @@ struct category_row<observability_tag> {
 
 // The rows, in basic_pool's parameter order (connector first: the others'
 // checks need its handle type).
-inline constexpr auto categories = hana::tuple_t<connector_tag, validation_tag, recycling_tag, overflow_tag, retry_tag,
-                                                 fork_safety_tag, concurrency_tag, observability_tag>;
+template <class... Tags>
+struct category_list {};
+using categories = category_list<connector_tag, validation_tag, recycling_tag, overflow_tag, retry_tag, fork_safety_tag,
+                                 concurrency_tag, observability_tag>;
+
+template <class Category, class List>
+inline constexpr bool listed = false;
+template <class Category, class... Tags>
+inline constexpr bool listed<Category, category_list<Tags...>> = (std::is_same_v<Category, Tags> || ...);
 
 template <class T>
-inline constexpr bool is_option = std::is_same_v<T, std::remove_cvref_t<T>>&&
-    hana::unpack(categories, [](auto... tags) {
-        return (std::is_same_v<typename category_of<T>::type, typename decltype(tags)::type> || ...);
-    });
+inline constexpr bool is_option =
+    std::is_same_v<T, std::remove_cvref_t<T>>&& listed<typename category_of<T>::type, categories>;
 
 template <class Tag, class... Options>
 struct in_category {
@@ -210,25 +214,36 @@ struct choice {
     using named = typename in_category<Tag, Options...>::template pick<default_type>;
     static constexpr bool once = in_category<Tag, Options...>::count <= 1;
     static constexpr bool models = row::template models<named, Handle>;
-    static constexpr std::size_t checked = sizeof(typename row::template checks < once, !once || models >);
+    using checks = typename row::template checks<once, !once || models>;
     using type = std::conditional_t<models, named, default_type>;
 };
 
+// Every row's checks, as bases of the selection: a failed one makes the
+// selection itself invalid, so that nothing built on it (a pool constructed
+// from it, make_pool) adds an error of its own.
+template <class... Checks>
+struct all_checks : Checks... {};
+
+// The connector's handle type in a selection, for the observability row.
 template <class DefaultConnector, class... Options>
-struct select {
+using selected_handle =
+    typename handle_of<typename choice<connector_tag, DefaultConnector, void*, Options...>::named>::type;
+
+// The selection over the rows of `List`: every row's checks as bases, and the
+// pool of every row's choice.
+template <class List, class Handle, class DefaultConnector, class... Options>
+struct selection;
+template <class... Tags, class Handle, class DefaultConnector, class... Options>
+struct selection<category_list<Tags...>, Handle, DefaultConnector, Options...>
+    : all_checks<typename choice<Tags, DefaultConnector, Handle, Options...>::checks...> {
+    using type = basic_pool<typename choice<Tags, DefaultConnector, Handle, Options...>::type...>;
+};
+
+template <class DefaultConnector, class... Options>
+struct select : selection<categories, selected_handle<DefaultConnector, Options...>, DefaultConnector, Options...> {
     static_assert((is_option<Options> && ...),
                   "pqpool::pool: an option is neither a pqpool policy nor a connector (it needs a 'category' member "
                   "naming a pqpool category tag, such as pqpool::validation_tag)");
-
-    using handle = typename handle_of<typename choice<connector_tag, DefaultConnector, void*, Options...>::named>::type;
-    template <class Tag>
-    using chosen = choice<Tag, DefaultConnector, handle, Options...>;
-
-    using type = typename decltype(hana::unpack(categories, [](auto... tags) {
-        // Instantiates each row's checks (a read of a failed one is no second error).
-        [[maybe_unused]] const std::size_t checked = (chosen<typename decltype(tags)::type>::checked + ...);
-        return hana::type_c<basic_pool<typename chosen<typename decltype(tags)::type>::type...>>;
-    }))::type;
 };
 
 } // namespace detail
