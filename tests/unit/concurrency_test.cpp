@@ -10,7 +10,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <fstream>
 #include <string>
 #include <mutex>
@@ -71,22 +73,54 @@ std::thread queue_one(Pool& pool, std::atomic<bool>& served, const std::atomic<b
 // straight onto the releasing thread's CPU, ahead of it, every time.
 class waiter_behind_me {
 public:
-    explicit waiter_behind_me(pid_t waiter) {
-        REQUIRE(::sched_getaffinity(0, sizeof old_, &old_) == 0);
+    // Never throws (a REQUIRE here would unwind past the joinable waiter
+    // thread): a call that fails is named by error(), and the caller reports
+    // it once the waiter is joined.
+    explicit waiter_behind_me(pid_t waiter) noexcept {
+        if (::sched_getaffinity(0, sizeof old_, &old_) != 0) {
+            fail("sched_getaffinity of this thread");
+            return;
+        }
+        const int cpu = ::sched_getcpu();
+        if (cpu < 0) {
+            fail("sched_getcpu");
+            return;
+        }
         cpu_set_t one;
         CPU_ZERO(&one);
-        CPU_SET(::sched_getcpu(), &one);
+        CPU_SET(cpu, &one);
         const sched_param idle{};
-        REQUIRE(::sched_setscheduler(waiter, SCHED_IDLE, &idle) == 0);
-        REQUIRE(::sched_setaffinity(waiter, sizeof one, &one) == 0);
-        REQUIRE(::sched_setaffinity(0, sizeof one, &one) == 0);
+        if (::sched_setscheduler(waiter, SCHED_IDLE, &idle) != 0) {
+            fail("sched_setscheduler(SCHED_IDLE)");
+            return;
+        }
+        if (::sched_setaffinity(waiter, sizeof one, &one) != 0) {
+            fail("sched_setaffinity of the waiter");
+            return;
+        }
+        if (::sched_setaffinity(0, sizeof one, &one) != 0) {
+            fail("sched_setaffinity of this thread");
+            return;
+        }
+        pinned_ = true;
     }
-    ~waiter_behind_me() { ::sched_setaffinity(0, sizeof old_, &old_); }
+    ~waiter_behind_me() {
+        if (pinned_) ::sched_setaffinity(0, sizeof old_, &old_);
+    }
     waiter_behind_me(const waiter_behind_me&) = delete;
     waiter_behind_me& operator=(const waiter_behind_me&) = delete;
+    // Empty when the waiter is behind this thread; else the call that failed.
+    const std::string& error() const noexcept { return error_; }
 
 private:
+    void fail(const char* call) noexcept {
+        try {
+            error_ = std::string(call) + " failed: " + std::strerror(errno);
+        } catch (...) {}
+    }
     cpu_set_t old_;
+    bool pinned_ = false;
+    std::string error_;
 };
 } // namespace
 
@@ -169,16 +203,20 @@ TEST_CASE("concurrency::barging: a thread that returns a connection may take it 
         std::atomic<bool> served{false}, done{false};
         pid_t tid = 0;
         std::thread waiter = queue_one(pool, served, done, &tid);
+        std::string pin_error;
         {
             waiter_behind_me behind{tid};
+            pin_error = behind.error();
             held.release();
-            if (auto again = pool.try_acquire()) {
-                ++barged;
-                CHECK(pool.stats().waiting == 1); // the waiter is still in line, not served
-            }
+            if (pin_error.empty())
+                if (auto again = pool.try_acquire()) {
+                    ++barged;
+                    CHECK(pool.stats().waiting == 1); // the waiter is still in line, not served
+                }
         }
         done = true;
         waiter.join(); // the lease taken back was returned at the end of the if: the waiter gets it
+        if (!pin_error.empty()) FAIL("could not keep the waiter off this thread's CPU: " << pin_error);
         CHECK(served);
     }
     CHECK(barged >= 1);
@@ -275,6 +313,28 @@ TEST_CASE("detail::spin_gauge: waiters spin while recent waits were short, and n
     CHECK(g.budget(20us) > 0ns);
 }
 
+// "Nobody spins in a process that may use one CPU only": the count is the
+// affinity mask's, not the machine's. (Checked in a child, whose mask is
+// narrowed first; usable_cpus() reads count_usable_cpus() once.)
+TEST_CASE("detail::count_usable_cpus: a process confined to one CPU counts one, whatever the machine has",
+          "[concurrency]") {
+    if (std::thread::hardware_concurrency() <= 1) FAIL("this test needs a machine with more than one CPU");
+    CHECK(detail::count_usable_cpus() > 1);
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(::sched_getcpu(), &one);
+        if (::sched_setaffinity(0, sizeof one, &one) != 0) ::_exit(2);
+        ::_exit(detail::count_usable_cpus() == 1 ? 0 : 1);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+}
+
 namespace {
 enum class slot_state : unsigned char { waiting, served };
 using slot = detail::handoff<slot_state, slot_state::waiting>;
@@ -307,6 +367,23 @@ TEST_CASE(
     CHECK(l.owns_lock());
     CHECK(w.state() == slot_state::waiting);
     CHECK(std::chrono::steady_clock::now() - start >= 20ms);
+}
+
+// A waiter spins "never past its own deadline": with a deadline 5 ms away and
+// a spin of 2 s, the wait ends at the deadline, not after the spin. (A bound
+// on a wait, with a margin of seconds, not a measure of speed.)
+TEST_CASE("detail::handoff: a spin ends at the waiter's deadline", "[concurrency]") {
+    detail::pool_lock lock;
+    detail::spin_gauge gauge;
+    slot w;
+    std::unique_lock l(lock);
+    const auto start = std::chrono::steady_clock::now();
+    w.wait(l, std::chrono::nanoseconds{2s}, start + 5ms, gauge);
+    const auto took = std::chrono::steady_clock::now() - start;
+    CHECK(l.owns_lock());
+    CHECK(w.state() == slot_state::waiting);
+    CHECK(took >= 5ms);
+    CHECK(took < 1s);
 }
 
 #if defined(__has_feature)

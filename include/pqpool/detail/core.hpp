@@ -1000,7 +1000,7 @@ private:
     // holders it waits for; and not one waiting out its own connect's backoff
     // (milliseconds).
     std::chrono::nanoseconds spin_for(const waiter& w) const noexcept {
-        static const std::size_t half_the_cpus = std::max(1u, std::thread::hardware_concurrency() / 2);
+        static const std::size_t half_the_cpus = std::max(1u, usable_cpus() / 2);
         const std::size_t ahead = w.first ? 0 : waiting_;
         if (w.holds_chain || ahead >= std::min(in_use_, half_the_cpus)) return {};
         return spin_gauge_.budget(concurrency_.max_spin());

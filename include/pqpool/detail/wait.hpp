@@ -22,6 +22,7 @@
 
 #if defined(__linux__)
 #include <linux/futex.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
@@ -94,17 +95,35 @@ private:
     alignas(std::atomic_ref<int>::required_alignment) int state_ = free; // only through state() and the futex
 };
 
+// The CPUs the calling thread may run on (its affinity mask, which taskset
+// and cpusets narrow; std::thread::hardware_concurrency() counts the
+// machine's).
+inline unsigned count_usable_cpus() noexcept {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (::sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+        return static_cast<unsigned>(CPU_COUNT(&set));
+    return std::max(1u, std::thread::hardware_concurrency());
+}
+
+// The same, read once per process: a spinner needs a CPU of its own beside
+// the holders'.
+inline unsigned usable_cpus() noexcept {
+    static const unsigned n = count_usable_cpus();
+    return n;
+}
+
 // How long a waiter spins before it sleeps, learned from how long waits have
 // lasted lately (an average over the last few, racy by design: it is a
 // hint). A waiter spins only while recent waits were shorter than the
 // policy's limit, and then for up to about twice the recent average: short
 // holds are handed over to a spinning waiter, without a system call; long
-// holds cost no spinning at all. On a machine with one CPU nobody spins (the
+// holds cost no spinning at all. With one usable CPU nobody spins (the
 // holder needs that CPU to finish).
 class spin_gauge {
 public:
     std::chrono::nanoseconds budget(std::chrono::nanoseconds limit) const noexcept {
-        static const bool several_cpus = std::thread::hardware_concurrency() > 1;
+        static const bool several_cpus = usable_cpus() > 1;
         const std::int64_t average = average_ns_.load(std::memory_order_relaxed);
         if (!several_cpus || limit.count() <= 0 || average > limit.count()) return {};
         return std::min(limit, std::chrono::nanoseconds{2 * average + 2000});
@@ -192,6 +211,15 @@ public:
             gauge.record(published_ - start);
             return seen;
         };
+        // Never past the caller's deadline (a spin is at most a millisecond,
+        // so converting it to the deadline's duration cannot overflow).
+        if (spin.count() > 0) {
+            auto left = until - TimePoint::clock::now();
+            if (left <= decltype(left)::zero())
+                spin = {};
+            else if (left < std::chrono::duration_cast<decltype(left)>(spin))
+                spin = std::chrono::duration_cast<std::chrono::nanoseconds>(left);
+        }
         spinning_ = spin.count() > 0;
         if (spinning_) {
             lock.unlock();

@@ -94,9 +94,12 @@ namespace concurrency {
 /// Cost: uncontended, one compare-exchange to lock and one exchange to unlock
 /// at acquire and at release. A caller that must wait spins (with a pause
 /// instruction) for up to about twice the recent average wait, at most
-/// `spin`, and only while that average has been shorter than `spin`, and only
-/// when a CPU is free for it (the first waiter a connection in use could
-/// reach, no more spinners than half the CPUs); then it sleeps. A hand-over to
+/// `spin`, never past its own deadline, only while that average has been
+/// shorter than `spin`, and only when the pool has a CPU to spare for it (the
+/// first waiter a connection in use could reach, and no more spinners than
+/// half the CPUs the process may use; the pool does not see other pools'
+/// spinners or other processes' load: a spinning waiter yields the CPU after
+/// 2 µs but stays runnable); then it sleeps. A hand-over to
 /// a spinning waiter is one store; to a sleeping one a futex wake-up and a
 /// context switch (microseconds to tens of microseconds on a VM, during which
 /// the connection is unused). The default `spin` of 100 µs lets a waiter spin
@@ -112,7 +115,8 @@ struct mutex {
     static constexpr bool fifo = true;
     /// The longest a waiter spins for a hand-over before it sleeps (0 to
     /// 1000 µs; 0: sleep at once); waits that last longer than this on
-    /// average are not spun for at all. Nobody spins on a machine with one CPU.
+    /// average are not spun for at all. Nobody spins in a process that may use
+    /// one CPU only (its affinity mask, e.g. under `taskset` or a cpuset).
     std::chrono::microseconds spin{100};
 
     void check() const { detail::check_spin("concurrency::mutex", spin); }
