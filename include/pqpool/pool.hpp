@@ -35,20 +35,7 @@ using pool = typename detail::select<libpq_connector, Options...>::type;
 
 namespace detail {
 
-// The pool make_pool returns: a connector object passed first names its own
-// type among the options; anything else (a conninfo string or URI) is what a
-// libpq_connector is made from.
-template <class ConnectorArg, class... Policies>
-struct deduced_pool {
-    using type = pool<Policies...>;
-};
-template <class ConnectorArg, class... Policies>
-requires std::is_same_v<typename category_of<ConnectorArg>::type, connector_tag>
-struct deduced_pool<ConnectorArg, Policies...> {
-    using type = pool<ConnectorArg, Policies...>;
-};
-
-// Does the pool type take each policy object make_pool was given? It does not
+// Does the pool type take each object make_pool was given, once? It does not
 // when the selection failed (an object that is no policy, two of one category,
 // one that does not model its concept): a static_assert in select has then
 // said so, and make_pool constructs nothing, so that no second error follows.
@@ -60,24 +47,30 @@ inline constexpr bool takes_policy<P, Pool<Params...>> = (std::is_same_v<P, Para
 template <class P, class... Ps>
 inline constexpr std::size_t occurrences = (std::size_t{std::is_same_v<P, Ps>} + ... + 0);
 
+template <class Pool, class... Options>
+inline constexpr bool takes_each_once = ((takes_policy<Options, Pool> && occurrences<Options, Options...> == 1) && ...);
+
+// The pool make_pool returns, and whether it took what it was given: a
+// connector object passed first names its own type among the options (and
+// must have become the pool's connector); anything else (a conninfo string or
+// URI) is what a libpq_connector is made from.
+template <class ConnectorArg, class... Policies>
+struct deduced_pool {
+    using type = pool<Policies...>;
+    static constexpr bool selected = takes_each_once<type, Policies...>;
+};
+template <class ConnectorArg, class... Policies>
+requires std::is_same_v<typename category_of<ConnectorArg>::type, connector_tag>
+struct deduced_pool<ConnectorArg, Policies...> {
+    using type = pool<ConnectorArg, Policies...>;
+    static constexpr bool selected = takes_each_once<type, ConnectorArg, Policies...>;
+};
+
 // What make_pool returns when the selection failed (never part of a program):
 // a type that adds no error of its own, not even "unused variable".
 struct failed_selection {
     ~failed_selection() {}
 };
-
-template <class Pool, class... Policies>
-inline constexpr bool takes_each_once = ((takes_policy<Policies, Pool> && occurrences<Policies, Policies...> == 1) &&
-                                         ...);
-
-// Does the pool type take the connector make_pool was given? A connector
-// object must have become the pool's connector (it does not when it failed
-// its concept: select has said so); a conninfo makes a libpq_connector.
-template <class Pool, class ConnectorArg>
-inline constexpr bool takes_connector = true;
-template <class Pool, class ConnectorArg>
-requires std::is_same_v<typename category_of<ConnectorArg>::type, connector_tag>
-inline constexpr bool takes_connector<Pool, ConnectorArg> = takes_policy<ConnectorArg, Pool>;
 
 } // namespace detail
 
@@ -104,10 +97,9 @@ inline constexpr bool takes_connector<Pool, ConnectorArg> = takes_policy<Connect
 // error, "no matching function", after the one that says why.)
 template <class ConnectorArg, class... Policies>
 auto make_pool(ConnectorArg&& connector, const Policies&... policies) {
-    using pool_type = typename detail::deduced_pool<std::remove_cvref_t<ConnectorArg>, Policies...>::type;
-    if constexpr (detail::takes_connector<pool_type, std::remove_cvref_t<ConnectorArg>> &&
-                  detail::takes_each_once<pool_type, Policies...>)
-        return pool_type(std::forward<ConnectorArg>(connector), policies...);
+    using deduced = detail::deduced_pool<std::remove_cvref_t<ConnectorArg>, Policies...>;
+    if constexpr (deduced::selected)
+        return typename deduced::type(std::forward<ConnectorArg>(connector), policies...);
     else
         return detail::failed_selection{}; // never part of a program: the selection failed, saying why
 }
