@@ -123,9 +123,8 @@ inline unsigned usable_cpus() noexcept {
 class spin_gauge {
 public:
     std::chrono::nanoseconds budget(std::chrono::nanoseconds limit) const noexcept {
-        static const bool several_cpus = usable_cpus() > 1;
         const std::int64_t average = average_ns_.load(std::memory_order_relaxed);
-        if (!several_cpus || limit.count() <= 0 || average > limit.count()) return {};
+        if (usable_cpus() <= 1 || limit.count() <= 0 || average > limit.count()) return {};
         return std::min(limit, std::chrono::nanoseconds{2 * average + 2000});
     }
     void record(std::chrono::nanoseconds waited) noexcept {
@@ -211,8 +210,8 @@ public:
             gauge.record(published_ - start);
             return seen;
         };
-        // Never past the caller's deadline (a spin is at most a millisecond,
-        // so converting it to the deadline's duration cannot overflow).
+        // Never past the caller's deadline (the spin is in nanoseconds, as
+        // fine as a deadline's duration gets, so converting it cannot overflow).
         if (spin.count() > 0) {
             auto left = until - TimePoint::clock::now();
             if (left <= decltype(left)::zero())
