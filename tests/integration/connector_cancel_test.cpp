@@ -28,6 +28,13 @@ using pqpool::test::unique_name;
 
 namespace {
 
+// How long c.close(h) took.
+std::chrono::milliseconds time_close(const libpq_connector& c, PGconn* h) {
+    const auto start = clock_type::now();
+    c.close(h);
+    return std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - start);
+}
+
 // How long c->close(h) took; none if it had not returned after `limit` (its
 // thread is then left to run on, with the connector kept alive, so a close()
 // that never returns fails the test instead of hanging it).
@@ -40,9 +47,7 @@ std::optional<std::chrono::milliseconds> close_within(std::shared_ptr<const libp
     };
     auto s = std::make_shared<state>();
     std::thread([c = std::move(c), h, s] {
-        const auto start = clock_type::now();
-        c->close(h);
-        const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - start);
+        const auto took = time_close(*c, h);
         const std::lock_guard<std::mutex> lock(s->m);
         s->took = took;
         s->cv.notify_all();
@@ -113,10 +118,8 @@ TEST_CASE("libpq_connector: close() cancels again a command that a first cancel 
     REQUIRE(PQpipelineSync(h) == 1);
     REQUIRE(PQtransactionStatus(h) == PQTRANS_ACTIVE);
     REQUIRE(server.settled_count(app, 1) == 1);
-    const auto start = clock_type::now();
-    c.close(h);
-    const auto took = clock_type::now() - start;
-    CAPTURE(std::chrono::duration_cast<std::chrono::milliseconds>(took).count());
+    const auto took = time_close(c, h);
+    CAPTURE(took.count());
     CHECK(took < 3s); // within cancel_timeout (1 s), with a margin for a loaded machine
     // Without the second cancel the backend would sleep on for a minute.
     CHECK(server.settled_count(app, 0) == 0);
@@ -131,10 +134,8 @@ TEST_CASE("libpq_connector: a cancel that cannot be delivered holds close() no l
     PGconn* h = c.connect(in(10s));
     REQUIRE(PQsendQuery(h, "SELECT pg_sleep(2)") == 1);
     proxy.stall();
-    const auto start = clock_type::now();
-    c.close(h);
-    const auto took = clock_type::now() - start;
-    CAPTURE(std::chrono::duration_cast<std::chrono::milliseconds>(took).count());
+    const auto took = time_close(c, h);
+    CAPTURE(took.count());
     CHECK(took >= 250ms);
     CHECK(took < 2s);
 }
@@ -151,10 +152,8 @@ TEST_CASE("libpq_connector: close() sends no cancel for a command that has ended
     wait_not_busy(h);
     REQUIRE(PQtransactionStatus(h) == PQTRANS_ACTIVE);
     proxy.stall();
-    const auto start = clock_type::now();
-    c.close(h);
-    const auto took = clock_type::now() - start;
-    CAPTURE(std::chrono::duration_cast<std::chrono::milliseconds>(took).count());
+    const auto took = time_close(c, h);
+    CAPTURE(took.count());
     CHECK(took < 2500ms); // half the cancel_timeout: no cancel was tried
 }
 
@@ -174,10 +173,8 @@ TEST_CASE("libpq_connector: close() stops at a cancel that could not be sent, an
     REQUIRE(PQtransactionStatus(h) == PQTRANS_ACTIVE);
     REQUIRE(server.settled_count(app, 1) == 1);
     proxy.refuse_new();
-    const auto start = clock_type::now();
-    c.close(h);
-    const auto took = clock_type::now() - start;
-    CAPTURE(std::chrono::duration_cast<std::chrono::milliseconds>(took).count());
+    const auto took = time_close(c, h);
+    CAPTURE(took.count());
     // A bound on correctness, not speed: one refused connect takes
     // milliseconds; 5 s is a quarter of the cancel_timeout, room for a loaded machine.
     CHECK(took < 5s);
